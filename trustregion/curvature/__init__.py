@@ -1,0 +1,9 @@
+"""Curvature operators ``v -> A v``, built once per step at the old parameters."""
+
+from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion.curvature.damping import Damped
+from trustregion.curvature.gauss_newton import GaussNewton
+from trustregion.curvature.hessian import Hessian
+from trustregion.curvature.kl_hessian import KLHessian
+
+__all__ = ["Curvature", "Damped", "GaussNewton", "Hessian", "KLHessian", "LinearOperator", "StepProblem"]

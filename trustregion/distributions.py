@@ -1,0 +1,117 @@
+"""Output-space Fisher matrices ``M`` of common distributions, for Gauss-Newton.
+
+A model maps parameters ``θ`` to distribution parameters ``z = f(θ)`` (logits,
+a mean and a log-std, ...). The Fisher of the mean KL over a batch of ``N``
+inputs factors as ``F = (1/N) Σ_i J_iᵀ M(z_i) J_i`` with ``J_i = ∂z_i/∂θ`` and
+``M(z)`` the Fisher of the distribution in its own parameters (docs/math.md,
+"Gauss-Newton form of the Fisher"). Each class here gives ``u -> (1/N) M(z) u``
+in closed form; nothing here knows about RL.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+OutputProduct = Callable[[object], object]
+
+
+class OutputFisher(abc.ABC):
+    """The Fisher ``M(z)`` of a distribution in its parameters ``z``, batch-averaged."""
+
+    @abc.abstractmethod
+    def bind(self, outputs: object) -> OutputProduct:
+        """Return ``u -> (1/N) M(z) u`` for the (detached) model outputs ``z``.
+
+        ``u`` and the result have the structure and shapes of ``outputs``; the
+        first dimension is the batch of ``N`` inputs.
+        """
+
+
+class CategoricalFisher(OutputFisher):
+    """Softmax over logits ``z``: ``M = diag(p) - p pᵀ`` with ``p = softmax(z)``.
+
+    Singular along ``(1, ..., 1)`` (adding a constant to every logit changes
+    nothing), so pair it with damping or a minimum-norm solve.
+    """
+
+    def bind(self, outputs: object) -> OutputProduct:
+        logits = _single_tensor(outputs, "CategoricalFisher")
+        probs = torch.softmax(logits.detach(), dim=-1) / logits.shape[0]
+        probs_unscaled = probs * logits.shape[0]
+
+        def product(tangent: Tensor) -> Tensor:
+            return probs * (tangent - (probs_unscaled * tangent).sum(-1, keepdim=True))
+
+        return product
+
+
+class MultiCategoricalFisher(OutputFisher):
+    """Independent softmaxes over consecutive slices of the logits (MultiDiscrete).
+
+    Args:
+        sizes: the number of categories of each factor, e.g. ``[3, 2, 4]``.
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        sizes = [int(n) for n in sizes]
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"sizes must be a non-empty list of positive category counts (got {sizes!r})")
+        self.sizes = sizes
+
+    def bind(self, outputs: object) -> OutputProduct:
+        logits = _single_tensor(outputs, "MultiCategoricalFisher")
+        if logits.shape[-1] != sum(self.sizes):
+            raise ValueError(f"logits have {logits.shape[-1]} columns but sizes {self.sizes} sum to {sum(self.sizes)}")
+        factors = [CategoricalFisher().bind(chunk) for chunk in torch.split(logits, self.sizes, dim=-1)]
+
+        def product(tangent: Tensor) -> Tensor:
+            chunks = torch.split(tangent, self.sizes, dim=-1)
+            return torch.cat([f(chunk) for f, chunk in zip(factors, chunks, strict=True)], dim=-1)
+
+        return product
+
+
+class BernoulliFisher(OutputFisher):
+    """Independent Bernoulli variables with logits ``z``: ``M = diag(p (1 - p))``."""
+
+    def bind(self, outputs: object) -> OutputProduct:
+        logits = _single_tensor(outputs, "BernoulliFisher")
+        probs = torch.sigmoid(logits.detach())
+        weight = probs * (1 - probs) / logits.shape[0]
+        return lambda tangent: weight * tangent
+
+
+class DiagonalGaussianFisher(OutputFisher):
+    """Diagonal Gaussian in ``(μ, log σ)``: ``M = diag(1/σ², 2)``, no cross terms.
+
+    ``outputs`` is the pair ``(mean, log_std)``. ``log_std`` may have the batch
+    dimension (state-dependent) or not (a state-independent parameter vector, as
+    in TRPO's Gaussian policies); it is then shared by every input and its block
+    is ``2`` for the batch mean.
+    """
+
+    def bind(self, outputs: object) -> OutputProduct:
+        if not (isinstance(outputs, (tuple, list)) and len(outputs) == 2):
+            raise TypeError("DiagonalGaussianFisher needs outputs (mean, log_std)")
+        mean, log_std = (t.detach() for t in outputs)
+        batch = mean.shape[0]
+        mean_weight = torch.exp(-2 * log_std).expand_as(mean) / batch
+        log_std_weight = 2.0 / batch if log_std.dim() == mean.dim() else 2.0
+
+        def product(tangent: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+            tangent_mean, tangent_log_std = tangent
+            return mean_weight * tangent_mean, log_std_weight * tangent_log_std
+
+        return product
+
+
+def _single_tensor(outputs: object, name: str) -> Tensor:
+    if not isinstance(outputs, Tensor):
+        raise TypeError(f"{name} needs the model to output one logits tensor of shape (N, K)")
+    if outputs.dim() < 2:
+        raise ValueError(f"{name} needs logits of shape (N, K) with a batch dimension; got {tuple(outputs.shape)}")
+    return outputs

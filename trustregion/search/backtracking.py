@@ -1,0 +1,72 @@
+"""The TRPO backtracking line search."""
+
+from __future__ import annotations
+
+import math
+
+from trustregion.result import SearchResult
+from trustregion.search.base import LineSearch, SearchProblem, TrialPoint
+
+
+class BacktrackingLineSearch(LineSearch):
+    """Try ``Δθ, ρΔθ, ρ²Δθ, ...`` and take the first point that is within the trust region and improves.
+
+    A trial at fraction ``t = ρᵏ`` is accepted when all of these hold:
+
+    * the loss and the constraint are finite;
+    * the measured constraint satisfies ``D̄_KL <= δ`` (the quadratic model of the
+      KL is only an approximation, so the real KL is checked, as in Schulman et
+      al., 2015, Appendix C);
+    * the loss improves: ``L_before - L(t) > 0``;
+    * the improvement is at least ``min_improvement_ratio · t · β gᵀs``, a fraction
+      of what the linear model expects (``accept_ratio = 0.1`` in OpenAI baselines'
+      TRPO; the default ``0`` is the rule of Spinning Up and sb3-contrib).
+
+    Defaults: ``ratio = 0.8`` and ``max_backtracks = 10`` as in Spinning Up
+    (``backtrack_coeff``, ``backtrack_iters``) and sb3-contrib
+    (``line_search_shrinking_factor``, ``line_search_max_iter``). At most
+    ``max_backtracks + 1`` closure calls.
+
+    Args:
+        max_backtracks: how many times the step may be shrunk (>= 0).
+        ratio: the shrink factor ``ρ``, in (0, 1).
+        min_improvement_ratio: the required fraction of the expected improvement, in [0, 1).
+    """
+
+    def __init__(self, max_backtracks: int = 10, ratio: float = 0.8, min_improvement_ratio: float = 0.0) -> None:
+        if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
+            raise ValueError(f"max_backtracks must be an integer >= 0 (got {max_backtracks!r}); TRPO uses 10")
+        if not (isinstance(ratio, (int, float)) and 0.0 < ratio < 1.0):
+            raise ValueError(f"ratio must be in the open interval (0, 1) (got {ratio!r}); TRPO uses 0.5-0.8")
+        if not (isinstance(min_improvement_ratio, (int, float)) and 0.0 <= min_improvement_ratio < 1.0):
+            raise ValueError(
+                f"min_improvement_ratio must be in [0, 1) (got {min_improvement_ratio!r}); baselines uses 0.1"
+            )
+        self.max_backtracks = max_backtracks
+        self.ratio = float(ratio)
+        self.min_improvement_ratio = float(min_improvement_ratio)
+
+    def __call__(self, problem: SearchProblem) -> SearchResult:
+        point = TrialPoint(math.nan, None)
+        for backtracks in range(self.max_backtracks + 1):
+            fraction = self.ratio**backtracks
+            point = problem.trial(fraction)
+            if self._acceptable(point, fraction, problem):
+                return SearchResult(True, fraction, point.loss, point.constraint, backtracks, backtracks + 1)
+        calls = self.max_backtracks + 1
+        return SearchResult(False, 0.0, point.loss, point.constraint, self.max_backtracks, calls)
+
+    def _acceptable(self, point: TrialPoint, fraction: float, problem: SearchProblem) -> bool:
+        if not math.isfinite(point.loss):
+            return False
+        if point.constraint is not None and not point.constraint <= problem.max_constraint:
+            return False  # also rejects NaN
+        improvement = problem.loss_before - point.loss
+        required = self.min_improvement_ratio * fraction * problem.expected_improvement
+        return improvement > 0.0 and improvement >= required
+
+    def __repr__(self) -> str:
+        return (
+            f"BacktrackingLineSearch(max_backtracks={self.max_backtracks}, ratio={self.ratio}, "
+            f"min_improvement_ratio={self.min_improvement_ratio})"
+        )

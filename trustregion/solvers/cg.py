@@ -1,0 +1,117 @@
+"""(Preconditioned) conjugate gradient for ``A s = g``, capped and curvature-aware."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from trustregion.curvature.base import LinearOperator
+from trustregion.result import SolverReason, SolverResult
+from trustregion.solvers.base import Solver
+
+Preconditioner = Callable[[Tensor], Tensor]
+
+
+class ConjugateGradient(Solver):
+    """Conjugate gradient (Hestenes & Stiefel, 1952), optionally preconditioned.
+
+    Minimises the model ``q(s) = ½ sᵀAs - gᵀs`` over growing Krylov subspaces;
+    ``s_k`` after ``k`` products. Stopping rules, checked in this order after each
+    product ``A p``:
+
+    1. ``A p`` or ``pᵀAp`` non-finite: stop, keep the last iterate (``NONFINITE``).
+    2. ``pᵀAp <= 0``: ``A`` is not positive definite along ``p``; stop and return
+       the last iterate, which still decreases ``q`` (``NEGATIVE_CURVATURE``).
+    3. ``‖g - A s_k‖ <= tol · ‖g‖`` (``CONVERGED``).
+    4. ``k = max_iter`` (``MAX_ITERATIONS``), the usual exit in TRPO.
+
+    Defaults: ``max_iter=10`` is the TRPO paper's and OpenAI baselines'
+    ``cg_iters``; ``tol=1e-10`` matches baselines' ``residual_tol`` (taken here
+    relative to ``‖g‖`` so that it does not depend on the loss scale).
+
+    ``sᵀAs`` is returned without another product: ``sᵀAs = sᵀ(g - r) = gᵀs - rᵀs``
+    with ``r`` the recurrence residual.
+
+    Args:
+        max_iter: the cap on products (>= 1).
+        tol: relative residual tolerance (>= 0).
+        preconditioner: ``r -> P⁻¹ r`` for an SPD ``P ≈ A`` (e.g. a diagonal).
+    """
+
+    def __init__(self, max_iter: int = 10, tol: float = 1e-10, preconditioner: Preconditioner | None = None) -> None:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1 (got {max_iter!r}); TRPO uses 10")
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0 (got {tol!r})")
+        if preconditioner is not None and not callable(preconditioner):
+            raise TypeError("preconditioner must be callable: r -> P⁻¹ r")
+        self.max_iter = max_iter
+        self.tol = float(tol)
+        self.preconditioner = preconditioner
+
+    def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
+        precondition = self.preconditioner or (lambda r: r)
+        solution = torch.zeros_like(rhs)
+        residual = rhs.clone()
+        rhs_norm = torch.linalg.vector_norm(rhs).item()
+        if rhs_norm == 0.0:
+            return _result(solution, rhs, residual, SolverReason.ZERO_RHS, 0, 0, rhs_norm)
+        preconditioned = precondition(residual)
+        direction = preconditioned.clone()
+        residual_dot = residual @ preconditioned
+        reason = SolverReason.MAX_ITERATIONS
+        iterations = products = 0
+        while iterations < self.max_iter:
+            product = operator(direction)
+            products += 1
+            curvature = direction @ product
+            curvature_value, residual_dot_value = torch.stack([curvature, residual_dot]).tolist()
+            if not math.isfinite(curvature_value) or not math.isfinite(residual_dot_value):
+                reason = SolverReason.NONFINITE
+                break
+            if curvature_value <= 0.0:
+                reason = SolverReason.NEGATIVE_CURVATURE
+                break
+            step = residual_dot / curvature
+            solution.add_(step * direction)
+            residual.sub_(step * product)
+            iterations += 1
+            if torch.linalg.vector_norm(residual).item() <= self.tol * rhs_norm:
+                reason = SolverReason.CONVERGED
+                break
+            preconditioned = precondition(residual)
+            new_residual_dot = residual @ preconditioned
+            direction = preconditioned + (new_residual_dot / residual_dot) * direction
+            residual_dot = new_residual_dot
+        return _result(solution, rhs, residual, reason, iterations, products, rhs_norm)
+
+    def __repr__(self) -> str:
+        return f"ConjugateGradient(max_iter={self.max_iter}, tol={self.tol:g})"
+
+
+def _result(
+    solution: Tensor,
+    rhs: Tensor,
+    residual: Tensor,
+    reason: SolverReason,
+    iterations: int,
+    products: int,
+    rhs_norm: float,
+) -> SolverResult:
+    gradient_dot = rhs @ solution
+    curvature = gradient_dot - residual @ solution
+    residual_norm, gradient_dot_value, curvature_value = torch.stack(
+        [torch.linalg.vector_norm(residual), gradient_dot, curvature]
+    ).tolist()
+    return SolverResult(
+        direction=solution,
+        reason=reason,
+        iterations=iterations,
+        products=products,
+        relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
+        curvature=curvature_value,
+        gradient_dot=gradient_dot_value,
+    )
