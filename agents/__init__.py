@@ -1,0 +1,11 @@
+"""Reinforcement-learning agents built on :mod:`trustregion`: TRPO and NPG on gymnasium.
+
+>>> from agents import TRPO
+>>> TRPO(env="CartPole-v1", seed=0).learn(100_000).evaluate(10)   # doctest: +SKIP
+"""
+
+from agents.common.config import TRPOConfig
+from agents.npg import NPG
+from agents.trpo import TRPO
+
+__all__ = ["NPG", "TRPO", "TRPOConfig"]

@@ -1,0 +1,1 @@
+"""Shared pieces of the agents: config, environments, policies, rollouts, logs and checkpoints."""

@@ -1,0 +1,217 @@
+"""Hyperparameters of the TRPO / NPG agents, their validation and per-environment defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+CURVATURES = ("gauss-newton", "kl-hessian")
+KL_ESTIMATORS = ("analytic", "sample")
+VECTORIZATION_MODES = ("sync", "async")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class TRPOConfig:
+    """Everything that defines a run; saved as JSON in the run directory and in every checkpoint.
+
+    Symbols as in docs/math.md: ``δ = max_kl``, ``λ`` = ``cg_damping``, GAE's ``γ`` and ``λ_GAE``.
+    One iteration collects ``num_envs × n_steps`` transitions, then takes one trust-region
+    policy step and ``value_epochs`` epochs of Adam on the critic.
+    """
+
+    env: str = "CartPole-v1"
+    seed: int = 0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_envs: int = 2
+    vectorization_mode: str = "sync"
+    n_steps: int = 1024
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    # policy step
+    max_kl: float = 0.01
+    line_search: bool = True
+    backtrack_iters: int = 10
+    backtrack_ratio: float = 0.8
+    cg_iters: int = 10
+    cg_damping: float = 0.1
+    curvature: str = "gauss-newton"
+    kl_estimator: str = "analytic"
+    fisher_fraction: float = 1.0
+    normalize_advantage: bool = True
+    # networks
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    # critic
+    value_lr: float = 1e-3
+    value_epochs: int = 10
+    value_minibatch_size: int = 256
+    # runtime
+    dtype: str = "float32"
+    torch_threads: int = 1
+    checkpoint_interval: int = 10
+    eval_episodes: int = 10
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        self.env_kwargs = dict(self.env_kwargs)
+        self.validate()
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per iteration, ``num_envs × n_steps``."""
+        return self.num_envs * self.n_steps
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad hyperparameter and its valid range."""
+        if not isinstance(self.env, str) or not self.env:
+            raise ValueError(f"env must be a registered gymnasium id such as 'CartPole-v1' (got {self.env!r})")
+        _integer("seed", self.seed, 0)
+        _integer("num_envs", self.num_envs, 1)
+        _integer("n_steps", self.n_steps, 1)
+        _integer("backtrack_iters", self.backtrack_iters, 0)
+        _integer("cg_iters", self.cg_iters, 1)
+        _integer("value_epochs", self.value_epochs, 0)
+        _integer("value_minibatch_size", self.value_minibatch_size, 1)
+        _integer("torch_threads", self.torch_threads, 0, "0 leaves torch's setting alone")
+        _integer("checkpoint_interval", self.checkpoint_interval, 1, "iterations between checkpoints")
+        _integer("eval_episodes", self.eval_episodes, 1)
+        _interval("gamma", self.gamma, 0.0, 1.0, "the discount factor, e.g. 0.99")
+        _interval("gae_lambda", self.gae_lambda, 0.0, 1.0, "GAE's λ, e.g. 0.95")
+        _positive("max_kl", self.max_kl, "the trust-region radius δ; TRPO uses 0.01")
+        _interval("backtrack_ratio", self.backtrack_ratio, 0.0, 1.0, "the shrink factor, e.g. 0.8", open_ends=True)
+        _interval("cg_damping", self.cg_damping, 0.0, math.inf, "Tikhonov damping λ, e.g. 0.1")
+        _interval("fisher_fraction", self.fisher_fraction, 0.0, 1.0, "share of the batch for the Fisher, e.g. 0.2")
+        if self.fisher_fraction == 0.0:
+            raise ValueError("fisher_fraction must be in (0, 1] (got 0.0); 1.0 uses the whole batch, 0.2 a fifth")
+        _positive("value_lr", self.value_lr, "the critic's Adam learning rate, e.g. 1e-3")
+        _finite("log_std_init", self.log_std_init, "the initial log standard deviation, e.g. 0.0")
+        _choice("vectorization_mode", self.vectorization_mode, VECTORIZATION_MODES)
+        _choice("curvature", self.curvature, CURVATURES)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("activation", self.activation, ("tanh", "relu"))
+        sizes = self.hidden_sizes
+        if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
+            raise ValueError(f"hidden_sizes must be a non-empty sequence of positive integers (got {sizes!r})")
+        for name in ("normalize_obs", "normalize_reward", "line_search", "normalize_advantage"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False (got {getattr(self, name)!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        values = dataclasses.asdict(self)
+        values["hidden_sizes"] = list(self.hidden_sizes)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TRPOConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        check_names(values)
+        return cls(**values)
+
+    @classmethod
+    def for_env(cls, env: str, **overrides: Any) -> TRPOConfig:
+        """The per-environment defaults (:data:`ENV_DEFAULTS`) with ``overrides`` applied on top."""
+        check_names(overrides)
+        values = {**env_defaults(env), **overrides, "env": env}
+        return cls(**values)
+
+
+def check_names(values: dict[str, Any]) -> None:
+    """Refuse hyperparameters that do not exist, listing the ones that do."""
+    known = {f.name for f in dataclasses.fields(TRPOConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown}; valid names: {sorted(known)}")
+
+
+_CLASSIC_CONTROL = {"num_envs": 2, "normalize_obs": False, "normalize_reward": False}
+
+_MUJOCO = {
+    "num_envs": 2,
+    "n_steps": 1024,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "normalize_obs": True,
+    "normalize_reward": True,
+    "max_kl": 0.01,
+    "cg_iters": 25,
+    "cg_damping": 0.1,
+    "value_lr": 1e-3,
+    "value_epochs": 10,
+    "value_minibatch_size": 128,
+    "fisher_fraction": 0.2,
+}
+
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "CartPole": {
+        **_CLASSIC_CONTROL,
+        "n_steps": 512,
+        "gamma": 0.99,
+        "gae_lambda": 0.98,
+        "cg_damping": 0.01,
+        "value_lr": 1e-3,
+        "value_epochs": 10,
+        "value_minibatch_size": 512,
+    },
+    "Pendulum": {
+        **_CLASSIC_CONTROL,
+        "n_steps": 1024,
+        "gamma": 0.9,
+        "gae_lambda": 0.95,
+        "value_epochs": 15,
+        "value_minibatch_size": 256,
+    },
+    "Hopper": dict(_MUJOCO),
+    "HalfCheetah": {**_MUJOCO, "max_kl": 0.04},
+    "Walker2d": dict(_MUJOCO),
+}
+"""Per-environment overrides, keyed by the id without its version (``"Hopper"`` for ``Hopper-v5``).
+
+Adapted from RL-Zoo's TRPO hyperparameters (2 environments, 1024-step rollouts, GAE 0.95,
+25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample where the
+returns allow; docs/agents.md lists and explains every entry.
+"""
+
+
+def env_defaults(env: str) -> dict[str, Any]:
+    """The overrides of :data:`ENV_DEFAULTS` that apply to ``env`` (empty for unknown ids)."""
+    base = env.split("/")[-1].split("-v")[0]
+    return dict(ENV_DEFAULTS.get(base, {}))
+
+
+def _integer(name: str, value: Any, minimum: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        suffix = f"; {hint}" if hint else ""
+        raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r}){suffix}")
+
+
+def _finite(name: str, value: Any, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (got {value!r}); {hint}")
+
+
+def _positive(name: str, value: Any, hint: str) -> None:
+    _finite(name, value, hint)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 (got {value!r}); {hint}")
+
+
+def _interval(name: str, value: Any, low: float, high: float, hint: str, *, open_ends: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number in [{low}, {high}] (got {value!r}); {hint}")
+    inside = low < value < high if open_ends else low <= value <= high
+    if not inside:
+        bounds = f"({low}, {high})" if open_ends else f"[{low}, {high}]"
+        raise ValueError(f"{name} must be in {bounds} (got {value!r}); {hint}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)} (got {value!r})")

@@ -1,0 +1,158 @@
+"""Run artefacts: CSV and TensorBoard logs, a progress bar, and the learning-curve PNG."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agents.common.checkpoint import atomic_write_bytes
+
+CSV_NAME = "progress.csv"
+PLOT_NAME = "learning_curve.png"
+COLUMNS = (
+    "iteration",
+    "global_step",
+    "episodes",
+    "mean_return",
+    "mean_length",
+    "policy_loss",
+    "policy_improvement",
+    "kl",
+    "accepted",
+    "reason",
+    "backtracks",
+    "step_fraction",
+    "cg_iterations",
+    "value_loss",
+    "explained_variance",
+    "entropy",
+    "log_std",
+    "steps_per_second",
+    "rollout_seconds",
+    "policy_seconds",
+    "value_seconds",
+)
+
+
+class RunLogger:
+    """Writes one row per iteration to ``progress.csv`` and TensorBoard, and drives the tqdm bar.
+
+    With ``run_dir=None`` only the progress bar (if enabled) is used. On resume, rows past the
+    checkpoint's ``global_step`` are dropped from the CSV and TensorBoard purges them too, so
+    the logs of a resumed run read like those of a straight one.
+    """
+
+    def __init__(self, run_dir: Path | None, *, total_steps: int, start_step: int, progress: bool) -> None:
+        self.run_dir = run_dir
+        self.writer = None
+        self.csv_file = None
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._open_csv(run_dir / CSV_NAME, start_step)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=min(start_step, total_steps), unit="step", dynamic_ncols=True)
+
+    def _open_csv(self, path: Path, start_step: int) -> None:
+        rows = read_csv(path) if path.exists() else []
+        kept = [row for row in rows if int(row["global_step"]) <= start_step]
+        text = ",".join(COLUMNS) + "\n" + "".join(",".join(row[c] for c in COLUMNS) + "\n" for row in kept)
+        atomic_write_bytes(path, text.encode())
+        self.csv_file = path.open("a", newline="")
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=COLUMNS, extrasaction="ignore")
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        step = int(metrics["global_step"])
+        if self.csv_file is not None:
+            self.csv.writerow({key: _format(metrics.get(key, math.nan)) for key in COLUMNS})
+            self.csv_file.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self.writer.add_scalar(f"train/{key}", value, step)
+        if self.bar is not None:
+            self.bar.update(min(step, self.bar.total) - self.bar.n)
+            self.bar.set_postfix(
+                episodes=metrics["episodes"],
+                ret=f"{metrics['mean_return']:.1f}",
+                kl=f"{metrics['kl']:.4f}",
+                backtracks=metrics["backtracks"],
+                sps=f"{metrics['steps_per_second']:.0f}",
+                refresh=False,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.csv_file is not None:
+            self.csv_file.close()
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def plot_learning_curve(
+    csv_path: str | os.PathLike[str], png_path: str | os.PathLike[str], title: str, evaluation: float | None = None
+) -> None:
+    """Mean training return (last 100 episodes) against environment steps, saved as a PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_csv(csv_path)
+    steps = [int(row["global_step"]) for row in rows]
+    returns = [float(row["mean_return"]) for row in rows]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(steps, returns, label="training (mean of last 100 episodes)")
+    if evaluation is not None and steps:
+        axis.scatter([steps[-1]], [evaluation], color="black", zorder=3, label="final deterministic evaluation")
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("episode return")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    temporary = Path(png_path).with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, png_path)
+
+
+def plot_curves(curves: Sequence[tuple[str, Sequence[int], Sequence[float]]], png_path: str, title: str) -> None:
+    """Several labelled learning curves on one axis (used by the benchmark scripts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, steps, returns in curves:
+        axis.plot(steps, returns, label=label)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("episode return")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,96 @@
+"""Rollout storage and generalised advantage estimation (docs/math.md, "GAE").
+
+Layout is time-major, ``[T, N]`` for ``T = n_steps`` and ``N = num_envs``. Arrays are numpy
+while collecting (cheap per-step writes) and become torch tensors, without copies, for the
+update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class RolloutBuffer:
+    """Preallocated arrays for one rollout of ``n_steps`` vector steps.
+
+    ``valid[t, i]`` is false for the transition gymnasium spends on next-step autoreset (the step
+    after an episode ended: its action is ignored and its reward is 0); such transitions get
+    zero advantage and are left out of both updates.
+    """
+
+    def __init__(
+        self, n_steps: int, num_envs: int, obs_dim: int, action_shape: tuple[int, ...], action_dtype: np.dtype, dtype
+    ) -> None:
+        self.obs = np.zeros((n_steps, num_envs, obs_dim), dtype=dtype)
+        self.actions = np.zeros((n_steps, num_envs, *action_shape), dtype=action_dtype)
+        self.values = np.zeros((n_steps, num_envs), dtype=np.float64)
+        self.rewards = np.zeros((n_steps, num_envs), dtype=np.float64)
+        self.terminated = np.zeros((n_steps, num_envs), dtype=bool)
+        self.truncated = np.zeros((n_steps, num_envs), dtype=bool)
+        self.valid = np.zeros((n_steps, num_envs), dtype=bool)
+
+
+@dataclass
+class Batch:
+    """The valid transitions of a rollout, flattened, as tensors for the updates."""
+
+    obs: Tensor
+    actions: Tensor
+    advantages: Tensor
+    returns: Tensor
+    values: Tensor
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    valid: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Advantages ``Â_t`` and value targets ``Â_t + V(s_t)`` for a ``[T, N]`` rollout.
+
+    ``δ_t = r_t + γ (1 - terminated_t) V(s_{t+1}) - V(s_t)`` and
+    ``Â_t = δ_t + γλ (1 - done_t) Â_{t+1}`` with ``done = terminated or truncated``.
+
+    With next-step autoreset, ``s_{t+1}`` after a done step is the true final observation
+    (the observation stored at ``t+1``, whose transition is invalid), so a *truncated* episode
+    bootstraps from ``V`` of its real last state while a *terminated* one does not bootstrap
+    at all. ``last_values`` is ``V`` of the observation after the last step. Invalid
+    (autoreset) transitions get ``Â = 0``; nothing flows across them because the step before
+    one is always done.
+    """
+    n_steps = rewards.shape[0]
+    advantages = np.zeros_like(values)
+    next_advantage = np.zeros_like(last_values)
+    next_values = last_values
+    for t in reversed(range(n_steps)):
+        continues = 1.0 - (terminated[t] | truncated[t])
+        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values - values[t]
+        advantages[t] = (delta + gamma * gae_lambda * continues * next_advantage) * valid[t]
+        next_advantage = advantages[t]
+        next_values = values[t]
+    return advantages, advantages + values
+
+
+def make_batch(buffer: RolloutBuffer, advantages: np.ndarray, returns: np.ndarray, dtype: torch.dtype) -> Batch:
+    """Flatten ``[T, N]`` to ``[T·N]`` and keep the valid transitions."""
+    valid = buffer.valid.reshape(-1)
+
+    def flat(array: np.ndarray) -> np.ndarray:
+        return array.reshape(array.shape[0] * array.shape[1], *array.shape[2:])[valid]
+
+    return Batch(
+        obs=torch.from_numpy(flat(buffer.obs)),
+        actions=torch.from_numpy(flat(buffer.actions)),
+        advantages=torch.from_numpy(flat(advantages)).to(dtype),
+        returns=torch.from_numpy(flat(returns)).to(dtype),
+        values=torch.from_numpy(flat(buffer.values)).to(dtype),
+    )

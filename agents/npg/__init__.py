@@ -1,0 +1,19 @@
+"""Natural policy gradient (Kakade, 2001): TRPO's agent with the KL-normalised step taken as it is.
+
+The step is ``Δθ = sqrt(2δ / sᵀAs) s`` with ``s ≈ A⁻¹g`` (docs/math.md, "Natural gradient step"),
+with no line search: :class:`trustregion.NoLineSearch` only refuses non-finite points.
+"""
+
+from typing import Any, ClassVar
+
+from agents.trpo.agent import TRPO
+
+
+class NPG(TRPO):
+    """:class:`~agents.trpo.TRPO` with ``line_search=False`` (``NoLineSearch``); same API and CLI."""
+
+    algorithm: ClassVar[str] = "npg"
+    overrides: ClassVar[dict[str, Any]] = {"line_search": False}
+
+
+__all__ = ["NPG"]
