@@ -12,6 +12,8 @@ from trustregion.curvature import (
     Hessian,
     KLHessian,
     LinearOperator,
+    ResidualGaussNewton,
+    SquaredError,
     StepProblem,
 )
 from trustregion.distributions import (
@@ -31,12 +33,15 @@ from trustregion.result import (
 )
 from trustregion.search import (
     BacktrackingLineSearch,
+    LevenbergMarquardt,
     LineSearch,
     NoLineSearch,
+    RadiusController,
     SearchProblem,
     TrialPoint,
+    TrustRadius,
 )
-from trustregion.solvers import ConjugateGradient, DenseSolver, Solver
+from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, SteihaugCG, TrustRegion
 
 __version__ = "0.1.0"
 
@@ -52,19 +57,26 @@ __all__ = [
     "GaussNewton",
     "Hessian",
     "KLHessian",
+    "LevenbergMarquardt",
     "LineSearch",
     "LinearOperator",
     "MultiCategoricalFisher",
     "NoLineSearch",
     "OutputFisher",
+    "RadiusController",
     "Reason",
+    "ResidualGaussNewton",
     "SearchProblem",
     "SearchResult",
     "Solver",
     "SolverReason",
     "SolverResult",
+    "SquaredError",
+    "SteihaugCG",
     "StepProblem",
     "StepResult",
     "TrialPoint",
+    "TrustRadius",
+    "TrustRegion",
     "TrustRegionOptimizer",
 ]

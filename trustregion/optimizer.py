@@ -5,22 +5,23 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from trustregion._vectors import add_step, flatten, gradients, restore
-from trustregion.curvature import Curvature, Damped, KLHessian, StepProblem
+from trustregion.curvature import Curvature, Damped, KLHessian, LinearOperator, StepProblem
 from trustregion.result import Reason, SolverReason, SolverResult, StepResult
 from trustregion.search import (
     BacktrackingLineSearch,
     LineSearch,
+    RadiusController,
     SearchProblem,
     TrialPoint,
 )
-from trustregion.solvers import ConjugateGradient, Solver
+from trustregion.solvers import ConjugateGradient, Solver, SteihaugCG, TrustRegion, smallest_eigenpair
 
 
 @dataclass
@@ -30,6 +31,10 @@ class _LocalModel:
     loss: float
     solve: SolverResult
     details: dict[str, Any]
+    controller_state: dict[str, float] | None = None
+    """A radius controller's state for this step; ``None`` under a line search."""
+    predicted_reduction: float = math.nan
+    step_norm: float = math.nan
 
 
 Closure = Callable[[], Tensor | tuple[Tensor, Tensor]]
@@ -76,6 +81,22 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     After every step, :attr:`last_result` holds a :class:`~trustregion.StepResult`.
     A rejected step leaves the parameters bit-for-bit as they were and, when
     caused by a NaN or an infinity, warns.
+
+    **Radius controllers.** With ``line_search`` a
+    :class:`~trustregion.RadiusController` (:class:`~trustregion.TrustRadius`,
+    :class:`~trustregion.LevenbergMarquardt`) the step is the classic trust-region
+    one instead: the solver (default :class:`~trustregion.SteihaugCG`) minimises
+    ``q(s) = ½ sᵀAs - gᵀs`` within the controller's radius, there is no ``β``
+    (``max_kl`` is not used), and the controller accepts ``Δθ = s`` on the ratio
+    ``ρ`` of actual to predicted reduction and resizes the radius, which is kept
+    in :attr:`state` and saved by ``state_dict()``. ``A`` is only built at
+    accepted points. When ``‖∇loss‖ <= gtol`` (the controller's) the step checks
+    the second-order condition: a positive semidefinite ``A`` gives
+    ``Reason.CONVERGED`` at once; otherwise a Lanczos probe from a random vector
+    (:func:`~trustregion.solvers.smallest_eigenpair`) either finds a Ritz value
+    ``θ < 0`` and the step goes to the boundary along its Ritz vector (escaping
+    the saddle), or finds none and the step reports ``Reason.CONVERGED`` with
+    ``extra["min_curvature"] = θ``.
     """
 
     def __init__(
@@ -96,8 +117,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 "pass one list of tensors (per-group options are not supported)"
             )
         self.curvature = _component("curvature", curvature, Curvature, lambda: Damped(KLHessian(), 0.1))
-        self.solver = _component("solver", solver, Solver, ConjugateGradient)
         self.line_search = _component("line_search", line_search, LineSearch, BacktrackingLineSearch)
+        radius_mode = isinstance(self.line_search, RadiusController)
+        self.solver = _component("solver", solver, Solver, SteihaugCG if radius_mode else ConjugateGradient)
         if reduce is not None and not callable(reduce):
             raise TypeError("reduce must be callable: tensor -> reduced tensor (e.g. an all-reduce mean)")
         self.reduce: Reduce = reduce or (lambda tensor: tensor)
@@ -152,12 +174,15 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         gradient_norm = torch.linalg.vector_norm(gradient).item()
         if not math.isfinite(gradient_norm):
             return rejected(Reason.NONFINITE_GRADIENT)
-        if gradient_norm == 0.0:
+        radius_mode = isinstance(self.line_search, RadiusController)
+        if gradient_norm == 0.0 and not radius_mode:
             return rejected(Reason.ZERO_GRADIENT, gradient_norm=0.0)
         with torch.enable_grad():
             operator = self.curvature.build(StepProblem(params, loss, constraint, loss_gradient, closure))
             operator = operator.map(self.reduce)
-        solve = self.solver(operator, gradient)
+        if radius_mode:
+            return self._region_model(loss_value, operator, gradient, gradient_norm)
+        solve = self.solver.solve_in_region(operator, gradient, TrustRegion.kl(self.param_groups[0]["max_kl"]))
         details = {
             "gradient_norm": gradient_norm,
             "solver_iterations": solve.iterations,
@@ -171,12 +196,85 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             return rejected(Reason.NON_POSITIVE_CURVATURE, **details)
         return _LocalModel(loss_value, solve, details)
 
+    def _region_model(
+        self, loss_value: float, operator: LinearOperator, gradient: Tensor, gradient_norm: float
+    ) -> _LocalModel | StepResult:
+        """Phase 1 under a radius controller: ``s`` minimises ``q`` within the controller's region."""
+        controller: RadiusController = self.line_search
+        state = self._controller_state()
+        region = TrustRegion(state.get("trust_radius", math.inf), controller.metric)
+        damping = state.get("damping", 0.0)
+        if region.bounded_by_operator and not operator.positive_semidefinite:
+            raise ValueError(
+                f"{controller!r} needs a positive semidefinite curvature (GaussNewton, KLHessian, ...) because its "
+                "region is measured by the operator or unbounded; with Hessian() use TrustRadius(metric='euclidean')"
+            )
+        solver_operator = _with_damping(operator, damping)
+        extra = {"damping": damping} if damping else {}
+        rejected = _rejection(loss_value)
+        if gradient_norm <= controller.gtol:
+            solve = self._second_order_step(operator, gradient, region, damping, extra)
+        else:
+            solve = self.solver.solve_in_region(solver_operator, gradient, region)
+        details = {"gradient_norm": gradient_norm, "curvature_products": operator.products, "radius": region.radius}
+        if solve is None:
+            return rejected(Reason.CONVERGED, **details, extra=extra)
+        details.update(
+            solver_iterations=solve.iterations, solver_residual=solve.relative_residual, solver_reason=solve.reason
+        )
+        if solve.reason is SolverReason.NONFINITE or not math.isfinite(solve.gradient_dot):
+            return rejected(Reason.NONFINITE_PRODUCT, **details, extra=extra)
+        solve, step_norm = _pull_back(solve, region)
+        squared_norm = torch.linalg.vector_norm(solve.direction).item() ** 2 if damping else 0.0
+        predicted = solve.gradient_dot - 0.5 * (solve.curvature - damping * squared_norm)
+        extra["step_norm"] = step_norm
+        if not (math.isfinite(predicted) and predicted > 0.0):
+            self._store_controller_state(controller.update(state, -math.inf, step_norm))
+            return rejected(Reason.NON_POSITIVE_CURVATURE, **details, extra=extra)
+        details["extra"] = extra
+        return _LocalModel(loss_value, solve, details, state, predicted, step_norm)
+
+    def _second_order_step(
+        self, operator: LinearOperator, gradient: Tensor, region: TrustRegion, damping: float, extra: dict[str, float]
+    ) -> SolverResult | None:
+        """At ``‖g‖ <= gtol``: a step to the boundary along negative curvature, or ``None`` (converged)."""
+        if operator.positive_semidefinite:
+            return None
+        step_count = self.state[self._params()[0]].get("step", 0)
+        probe = smallest_eigenpair(operator, gradient, self.line_search.probe_iterations, seed=step_count)
+        extra["min_curvature"] = probe.value
+        if math.isnan(probe.value):
+            zero = torch.zeros_like(gradient)
+            return SolverResult(zero, SolverReason.NONFINITE, 0, probe.products, math.nan, math.nan, math.nan)
+        if probe.value >= -math.sqrt(torch.finfo(gradient.dtype).eps) * probe.scale:
+            return None
+        direction = probe.vector if (gradient @ probe.vector).item() >= 0 else -probe.vector
+        step = region.radius * direction  # ‖v‖ = 1 and vᵀAv = θ: sᵀ(A + μI)s = Δ²(θ + μ), no product needed
+        curvature = region.radius**2 * (probe.value + damping)
+        reason = SolverReason.NEGATIVE_CURVATURE
+        return SolverResult(step, reason, probe.products, probe.products, math.nan, curvature, (gradient @ step).item())
+
+    def _controller_state(self) -> dict[str, float]:
+        state = self.state[self._params()[0]]
+        return {key: state.get(key, value) for key, value in self.line_search.initial_state().items()}
+
+    def _store_controller_state(self, controller_state: dict[str, float]) -> None:
+        self.state[self._params()[0]].update(controller_state)
+
     def _search(self, params: list[Tensor], saved: list[Tensor], closure: Closure, model: _LocalModel) -> StepResult:
-        """Phase 2: scale ``s`` to the trust-region boundary and hand it to the line search."""
+        """Phase 2: scale ``s`` to the trust-region boundary and hand it to the line search.
+
+        Under a radius controller ``s`` already lies in the region: the controller
+        evaluates it once and returns its next state.
+        """
         max_kl = self.param_groups[0]["max_kl"]
-        step_scale = math.sqrt(2.0 * max_kl / model.solve.curvature)
-        full_step = step_scale * model.solve.direction
-        expected = step_scale * model.solve.gradient_dot
+        radius_mode = model.controller_state is not None
+        if radius_mode:
+            step_scale, full_step, expected = 1.0, model.solve.direction, model.predicted_reduction
+        else:
+            step_scale = math.sqrt(2.0 * max_kl / model.solve.curvature)
+            full_step = step_scale * model.solve.direction
+            expected = step_scale * model.solve.gradient_dot
         calls = [1]
 
         def trial(fraction: float) -> TrialPoint:
@@ -185,12 +283,19 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             trial_loss, trial_constraint = _unpack(closure(), first_call=False)
             return TrialPoint(*self._scalars(trial_loss, trial_constraint))
 
-        search = self.line_search(SearchProblem(trial, model.loss, expected, max_kl))
+        if radius_mode:
+            problem = SearchProblem(trial, model.loss, expected, max_kl, model.controller_state, model.step_norm)
+        else:
+            problem = SearchProblem(trial, model.loss, expected, max_kl)
+        search = self.line_search(problem)
         if search.accepted:
             add_step(params, saved, full_step, search.fraction)
+        if search.controller_state is not None:
+            self._store_controller_state(search.controller_state)
+        rejection = Reason.INSUFFICIENT_DECREASE if radius_mode else Reason.LINE_SEARCH_EXHAUSTED
         return StepResult(
             accepted=search.accepted,
-            reason=Reason.ACCEPTED if search.accepted else Reason.LINE_SEARCH_EXHAUSTED,
+            reason=Reason.ACCEPTED if search.accepted else rejection,
             loss_before=model.loss,
             loss_after=search.loss if search.accepted else model.loss,
             expected_improvement=expected,
@@ -265,6 +370,32 @@ def _rejection(loss_value: float) -> Callable[..., StepResult]:
         )
 
     return rejected
+
+
+def _with_damping(operator: LinearOperator, damping: float) -> LinearOperator:
+    """``A + μI`` sharing ``A``'s product count (``A`` itself when ``μ = 0``)."""
+    if damping == 0.0:
+        return operator
+    return LinearOperator(
+        lambda vector: operator(vector).add(vector, alpha=damping),
+        operator.dim,
+        positive_semidefinite=operator.positive_semidefinite,
+    )
+
+
+def _pull_back(solve: SolverResult, region: TrustRegion) -> tuple[SolverResult, float]:
+    """Scale a step that left the region back onto its boundary; return it and its norm in the metric."""
+    norm = region.norm(solve.direction, solve.curvature)
+    if norm <= region.radius:
+        return solve, norm
+    factor = region.radius / norm
+    scaled = replace(
+        solve,
+        direction=factor * solve.direction,
+        curvature=factor * factor * solve.curvature,
+        gradient_dot=factor * solve.gradient_dot,
+    )
+    return scaled, region.radius
 
 
 def _component(name: str, value: Any, kind: type, default: Callable[[], Any]) -> Any:

@@ -43,6 +43,10 @@ class Reason(enum.Enum):
     NONFINITE_PRODUCT = "nonfinite_product"
     NON_POSITIVE_CURVATURE = "non_positive_curvature"
     ZERO_GRADIENT = "zero_gradient"
+    INSUFFICIENT_DECREASE = "insufficient_decrease"
+    """Radius controller: the loss fell by at most ``η`` times the predicted reduction (``ρ <= η``)."""
+    CONVERGED = "converged"
+    """Radius controller: ``‖∇loss‖ <= gtol`` and no negative curvature was found; no step taken."""
 
 
 @dataclass
@@ -77,6 +81,8 @@ class SearchResult:
     """The outcome of a step controller (line search or radius rule).
 
     ``fraction`` is the accepted multiple of the proposed step (0 when rejected).
+    A radius controller also returns its next state (e.g. ``{"trust_radius": Δ}``),
+    which the optimizer keeps in its ``state`` (and so in ``state_dict()``).
     """
 
     accepted: bool
@@ -85,6 +91,7 @@ class SearchResult:
     constraint: float | None
     backtracks: int
     closure_calls: int
+    controller_state: dict[str, float] | None = None
 
 
 @dataclass
@@ -94,6 +101,15 @@ class StepResult:
     Symbols follow ``docs/math.md``: ``g`` is the negative loss gradient, ``s`` the
     solver's direction, ``β = sqrt(2δ / sᵀAs)`` the step scale, so the proposed step
     is ``Δθ = β s`` and the expected improvement (linear model) is ``β gᵀs``.
+
+    Under a radius controller (:class:`~trustregion.TrustRadius`,
+    :class:`~trustregion.LevenbergMarquardt`) there is no ``β``: ``Δθ = s`` lies in
+    the trust region of radius ``radius``, ``expected_improvement`` is the
+    quadratic model's predicted reduction ``gᵀs - ½ sᵀAs`` and
+    :attr:`improvement_ratio` is the ratio ``ρ`` that drives the radius.
+    ``extra`` then holds ``step_norm`` (``‖s‖`` in the region's metric), the
+    ``damping`` used, and ``min_curvature`` when the curvature was probed at a
+    stationary point.
     """
 
     accepted: bool
@@ -112,6 +128,7 @@ class StepResult:
     backtracks: int = 0
     closure_calls: int = 0
     curvature_products: int = 0
+    radius: float = math.nan
     extra: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -5,5 +5,16 @@ from trustregion.curvature.damping import Damped
 from trustregion.curvature.gauss_newton import GaussNewton
 from trustregion.curvature.hessian import Hessian
 from trustregion.curvature.kl_hessian import KLHessian
+from trustregion.curvature.least_squares import ResidualGaussNewton, SquaredError
 
-__all__ = ["Curvature", "Damped", "GaussNewton", "Hessian", "KLHessian", "LinearOperator", "StepProblem"]
+__all__ = [
+    "Curvature",
+    "Damped",
+    "GaussNewton",
+    "Hessian",
+    "KLHessian",
+    "LinearOperator",
+    "ResidualGaussNewton",
+    "SquaredError",
+    "StepProblem",
+]

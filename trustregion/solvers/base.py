@@ -1,13 +1,63 @@
-"""The solver interface: ``(A, g) -> SolverResult`` with ``s ≈ A⁻¹ g``."""
+"""The solver interface: ``(A, g) -> SolverResult`` with ``s ≈ A⁻¹ g``, optionally within a trust region."""
 
 from __future__ import annotations
 
 import abc
+import math
+from dataclasses import dataclass
+from typing import Literal
 
+import torch
 from torch import Tensor
 
 from trustregion.curvature.base import LinearOperator
 from trustregion.result import SolverResult
+
+Metric = Literal["euclidean", "operator"]
+METRICS: tuple[str, ...] = ("euclidean", "operator")
+
+
+@dataclass(frozen=True)
+class TrustRegion:
+    r"""The ball ``‖s‖ <= radius`` a trust-region solve must keep its step in.
+
+    ``metric="euclidean"`` measures ``‖s‖₂``; ``metric="operator"`` measures the
+    curvature operator's own norm ``‖s‖_A = sqrt(sᵀAs)``, so that with ``A`` the
+    Fisher the ball is the quadratic KL region ``½ sᵀAs <= δ`` for
+    ``radius = sqrt(2δ)`` (:meth:`kl`). The operator metric needs a positive
+    semidefinite ``A`` (Fisher, Gauss-Newton, damped operators): along a
+    direction of zero or negative curvature its "ball" is unbounded.
+
+    Args:
+        radius: ``Δ > 0``; ``math.inf`` for no bound.
+        metric: ``"euclidean"`` or ``"operator"``.
+    """
+
+    radius: float
+    metric: Metric = "euclidean"
+
+    def __post_init__(self) -> None:
+        radius = self.radius
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or math.isnan(radius) or radius < 0:
+            raise ValueError(f"radius must be a number >= 0 or math.inf (got {radius!r})")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS} (got {self.metric!r})")
+
+    @classmethod
+    def kl(cls, max_kl: float) -> TrustRegion:
+        """The region ``½ sᵀAs <= max_kl`` (TRPO's quadratic KL bound): ``‖s‖_A <= sqrt(2 max_kl)``."""
+        return cls(math.sqrt(2.0 * max_kl), "operator")
+
+    def norm(self, step: Tensor, curvature: float) -> float:
+        """``‖step‖`` in this metric; ``curvature = stepᵀ A step`` is known to every solver."""
+        if self.metric == "operator":
+            return math.sqrt(max(curvature, 0.0))
+        return torch.linalg.vector_norm(step).item()
+
+    @property
+    def bounded_by_operator(self) -> bool:
+        """True when only a positive semidefinite ``A`` keeps the step bounded (operator metric, or no radius)."""
+        return self.metric == "operator" or math.isinf(self.radius)
 
 
 class Solver(abc.ABC):
@@ -16,3 +66,14 @@ class Solver(abc.ABC):
     @abc.abstractmethod
     def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
         """Solve ``A s = rhs``; never raise on non-finite products, report them."""
+
+    def solve_in_region(self, operator: LinearOperator, rhs: Tensor, region: TrustRegion) -> SolverResult:
+        """Approximately minimise ``q(s) = ½ sᵀAs - rhsᵀs`` subject to ``‖s‖ <= region.radius``.
+
+        The default ignores the region and returns ``self(operator, rhs)``: the
+        optimizer then scales the step itself (by ``β`` to the KL boundary under a
+        line search, or back onto the ball under a radius controller). Truncated
+        solvers such as :class:`~trustregion.SteihaugCG` override this and stop at
+        the boundary.
+        """
+        return self(operator, rhs)

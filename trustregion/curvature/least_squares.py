@@ -1,0 +1,88 @@
+"""Gauss-Newton matrices of least-squares losses ``½ c ‖r(θ)‖²`` from a residual function."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+from torch.utils._pytree import tree_leaves, tree_map
+
+from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion.curvature.gauss_newton import GaussNewton
+from trustregion.distributions import OutputFisher, OutputProduct
+
+Residuals = Callable[..., Tensor]
+
+
+class SquaredError(OutputFisher):
+    """``M = c I``: the output-space curvature of the squared error ``½ c ‖z - y‖²``.
+
+    With it, ``GaussNewton.for_module(model, inputs, SquaredError(1 / N))`` is the
+    Gauss-Newton matrix ``(1/N) JᵀJ`` of a regression loss ``(1/2N) Σ ‖f(x) - y‖²``
+    (the targets drop out: ``J`` is the Jacobian of the model outputs). It is
+    also the Fisher of a unit-variance Gaussian with mean ``z``.
+
+    Args:
+        scale: ``c > 0``; 1 for ``½ Σ r²``, ``1/N`` for ``½ mean(r²)`` over ``N``
+            residuals.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0 (got {scale!r}); 1 for ½Σr², 1/N for ½ mean(r²)")
+        self.scale = float(scale)
+
+    def bind(self, outputs: object) -> OutputProduct:
+        scale = self.scale
+        return lambda tangent: tree_map(lambda t: scale * t, tangent)
+
+    def __repr__(self) -> str:
+        return f"SquaredError(scale={self.scale})"
+
+
+class ResidualGaussNewton(Curvature):
+    r"""``A = c JᵀJ`` for the loss ``L(θ) = ½ c ‖r(θ)‖²``, with ``J = ∂r/∂θ``.
+
+    The Gauss-Newton matrix drops the ``Σ r_i ∇²r_i`` term of the Hessian
+    ``∇²L = c (JᵀJ + Σ r_i ∇²r_i)``: it is positive semidefinite by
+    construction and exact when the residuals vanish or are linear. Products
+    reuse the cached linearisation of :class:`~trustregion.GaussNewton`
+    (``J v`` and ``Jᵀu`` without re-running ``r``). Pair it with
+    :class:`~trustregion.LevenbergMarquardt` (adaptive damping ``A + μI``) or
+    :class:`~trustregion.TrustRadius` (a trust-region Gauss-Newton method)::
+
+        fit = ResidualGaussNewton(lambda a, b: a * torch.exp(-b * t) - y)
+        opt = TrustRegionOptimizer([a, b], curvature=fit, line_search=LevenbergMarquardt())
+        closure = fit.closure([a, b])       # L = ½ ‖r‖², matching A
+        for _ in range(100):
+            opt.step(closure)
+            if opt.last_result.reason is Reason.CONVERGED:
+                break
+
+    Args:
+        residuals: ``residuals(*params) -> r``, a pure function of the optimized
+            tensors (in the optimizer's order) returning a tensor of any shape
+            (or a tuple of tensors, concatenated in the loss).
+        scale: ``c > 0``; ``1/N`` makes ``L`` the half mean squared residual.
+    """
+
+    def __init__(self, residuals: Residuals, scale: float = 1.0) -> None:
+        self._gauss_newton = GaussNewton(residuals, SquaredError(scale))
+        self.residuals = residuals
+        self.scale = float(scale)
+
+    def build(self, problem: StepProblem) -> LinearOperator:
+        return self._gauss_newton.build(problem)
+
+    def loss(self, *params: Tensor) -> Tensor:
+        """``L = ½ c ‖r(params)‖²``, the loss whose Gauss-Newton matrix this is."""
+        return 0.5 * self.scale * sum(r.square().sum() for r in tree_leaves(self.residuals(*params)))
+
+    def closure(self, params: Sequence[Tensor]) -> Callable[[], Tensor]:
+        """A loss-only closure evaluating :meth:`loss` at the current ``params``."""
+        params = list(params)
+        return lambda: self.loss(*params)
+
+    def __repr__(self) -> str:
+        return f"ResidualGaussNewton(scale={self.scale})"

@@ -1,0 +1,222 @@
+"""Steihaug-Toint truncated conjugate gradient: CG that stops at the trust-region boundary."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from trustregion.curvature.base import LinearOperator
+from trustregion.result import SolverReason, SolverResult
+from trustregion.solvers.base import Solver, TrustRegion
+
+_UNBOUNDED = TrustRegion(math.inf)
+
+
+class SteihaugCG(Solver):
+    r"""Truncated CG for ``min q(s) = ½ sᵀAs - gᵀs  s.t.  ‖s‖ <= Δ`` (Steihaug, 1983; Toint, 1981).
+
+    CG from ``s_0 = 0`` on ``A s = g``; the model ``q`` decreases and ``‖s_k‖``
+    grows with every iterate, both in the Euclidean norm and in the ``A``-norm
+    (Nocedal & Wright, *Numerical Optimization*, 2nd ed., 2006, Algorithm 7.2
+    and Theorem 7.3). After each product ``A p``:
+
+    1. non-finite ``A p`` or ``pᵀAp``: stop with the last iterate (``NONFINITE``).
+    2. ``pᵀAp <= 0`` (negative curvature): move from ``s_k`` along ``±p`` to the
+       boundary, to whichever of the two crossings has the lower model value
+       (``NEGATIVE_CURVATURE``). Without a bounded ball along ``p`` (the
+       ``operator`` metric, or ``Δ = ∞``) return ``s_k`` as plain CG does.
+    3. ``‖s_k + α p‖ >= Δ``: stop where the segment crosses the boundary
+       (``BOUNDARY``).
+    4. ``‖g - A s_{k+1}‖ < η ‖g‖`` (``CONVERGED``); ``k + 1 = max_iter``
+       (``MAX_ITERATIONS``).
+
+    In the ``operator`` metric the boundary is ``sᵀAs = Δ²``; with ``A`` the
+    Fisher and ``Δ = sqrt(2δ)`` it is the KL boundary ``½ sᵀAs = δ`` of TRPO.
+    There the exact minimiser of ``q`` on the ball is TRPO's step ``β A⁻¹g``
+    (``q(s) = ½‖s - A⁻¹g‖²_A - const``, and the closest point of an ``A``-ball
+    to ``A⁻¹g`` lies on the ray through it); Steihaug's boundary point is its
+    Krylov approximation, reached in fewer products when the natural-gradient
+    step is long compared with ``δ``. Used as the solver of a
+    :class:`~trustregion.TrustRegionOptimizer` with a line search, it receives
+    ``TrustRegion.kl(max_kl)``.
+
+    ``sᵀAs`` and ``gᵀs`` come from vectors already formed (``A s = g - r``,
+    plus ``τ A p`` for a boundary point), so the predicted reduction
+    ``gᵀs - ½ sᵀAs`` of a trust-region method costs no extra product (scipy's
+    ``trust-ncg`` spends one per iteration on it).
+
+    Args:
+        max_iter: cap on products (>= 1); ``None`` uses the dimension ``n``
+            (exact arithmetic terminates within ``n`` iterations).
+        tol: relative residual tolerance ``η``; ``None`` uses the forcing sequence
+            ``η = min(0.5, sqrt(‖g‖))`` of inexact Newton methods, which gives
+            superlinear convergence of the outer iteration (Nocedal & Wright,
+            eq. 7.3 and Algorithm 7.1; the rule of scipy's ``trust-ncg``).
+    """
+
+    def __init__(self, max_iter: int | None = None, tol: float | None = None) -> None:
+        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+            raise ValueError(f"max_iter must be an integer >= 1 or None for the dimension (got {max_iter!r})")
+        if tol is not None and not (
+            isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol) and tol >= 0
+        ):
+            raise ValueError(f"tol must be a finite number >= 0, or None for min(0.5, sqrt(‖g‖)) (got {tol!r})")
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
+        """Truncated CG without a boundary (``Δ = ∞``): CG that reports negative curvature."""
+        return self.solve_in_region(operator, rhs, _UNBOUNDED)
+
+    def solve_in_region(self, operator: LinearOperator, rhs: Tensor, region: TrustRegion) -> SolverResult:
+        rhs_norm = torch.linalg.vector_norm(rhs).item()
+        solution = torch.zeros_like(rhs)
+        if rhs_norm == 0.0 or not math.isfinite(rhs_norm):
+            reason = SolverReason.ZERO_RHS if rhs_norm == 0.0 else SolverReason.NONFINITE
+            return _result(solution, rhs, torch.zeros_like(rhs), reason, 0, 0, rhs_norm)
+        tolerance = (min(0.5, math.sqrt(rhs_norm)) if self.tol is None else self.tol) * rhs_norm
+        boundary = _Boundary(region)
+        residual = rhs.clone()
+        direction = rhs.clone()
+        residual_dot = rhs_norm**2
+        max_iter = self.max_iter or operator.dim
+        iterations = 0
+        for _ in range(max_iter):
+            product = operator(direction)
+            curvature, residual_direction, solution_product = torch.stack(
+                [direction @ product, residual @ direction, solution @ product]
+            ).tolist()
+            if not (math.isfinite(curvature) and torch.isfinite(product).all()):
+                reason = SolverReason.NONFINITE
+                return _result(solution, rhs, rhs - residual, reason, iterations, iterations + 1, rhs_norm)
+            if curvature <= 0.0:
+                choose = boundary.negative_curvature_crossing(solution, direction, solution_product, curvature)
+                if choose is None:  # no bounded ball along p: keep s_k, as plain CG does
+                    reason = SolverReason.NEGATIVE_CURVATURE
+                    return _result(solution, rhs, rhs - residual, reason, iterations, iterations + 1, rhs_norm)
+                tau = choose(residual_direction)
+                move = (solution, direction, product, residual, tau)
+                return _crossing_result(move, rhs, SolverReason.NEGATIVE_CURVATURE, iterations + 1, rhs_norm)
+            step = residual_dot / curvature
+            tau = boundary.crossing(solution, direction, solution_product, curvature, step)
+            if tau is not None:
+                move = (solution, direction, product, residual, tau)
+                return _crossing_result(move, rhs, SolverReason.BOUNDARY, iterations + 1, rhs_norm)
+            boundary.advance(solution, direction, solution_product, curvature, step)
+            solution.add_(direction, alpha=step)
+            residual.sub_(product, alpha=step)
+            iterations += 1
+            new_residual_dot = (residual @ residual).item()
+            if math.sqrt(new_residual_dot) < tolerance:
+                return _result(solution, rhs, rhs - residual, SolverReason.CONVERGED, iterations, iterations, rhs_norm)
+            direction = residual + (new_residual_dot / residual_dot) * direction
+            residual_dot = new_residual_dot
+        return _result(solution, rhs, rhs - residual, SolverReason.MAX_ITERATIONS, iterations, iterations, rhs_norm)
+
+    def __repr__(self) -> str:
+        return f"SteihaugCG(max_iter={self.max_iter}, tol={self.tol})"
+
+
+class _Boundary:
+    """Where ``s + τ p`` meets ``‖·‖ = Δ`` in the region's metric, from scalars only.
+
+    Euclidean: ``‖s + τp‖² = sᵀs + 2τ sᵀp + τ² pᵀp``. Operator metric:
+    ``‖s + τp‖²_A = sᵀAs + 2τ sᵀAp + τ² pᵀAp`` with ``sᵀAs`` kept by recurrence
+    (``‖s_{k+1}‖²_A = ‖s_k‖²_A + 2α sᵀAp + α² pᵀAp``) and ``sᵀAp`` a dot product
+    with the product just formed.
+    """
+
+    def __init__(self, region: TrustRegion) -> None:
+        self.region = region
+        self.solution_curvature = 0.0  # sᵀAs, operator metric only
+
+    def _quadratic(self, solution: Tensor, direction: Tensor, solution_product: float, curvature: float):
+        """``(c, b, a)`` with ``‖s + τp‖² = c + 2bτ + aτ²``."""
+        if self.region.metric == "operator":
+            return self.solution_curvature, solution_product, curvature
+        c, b, a = torch.stack([solution @ solution, solution @ direction, direction @ direction]).tolist()
+        return c, b, a
+
+    def crossing(self, solution, direction, solution_product: float, curvature: float, step: float) -> float | None:
+        """``τ ∈ [0, step]`` where the CG segment leaves the ball, or ``None`` if ``s + step·p`` stays inside."""
+        radius = self.region.radius
+        if math.isinf(radius):
+            return None
+        c, b, a = self._quadratic(solution, direction, solution_product, curvature)
+        if c + 2 * b * step + a * step * step < radius * radius:
+            return None
+        return _positive_root(a, b, c - radius * radius)
+
+    def negative_curvature_crossing(self, solution, direction, solution_product: float, curvature: float):
+        """A chooser ``rᵀp -> τ`` of the boundary crossing with the lower model value, or ``None`` if unbounded."""
+        if self.region.metric == "operator" or math.isinf(self.region.radius):
+            return None
+        c, b, a = self._quadratic(solution, direction, solution_product, curvature)
+        offset = c - self.region.radius**2
+        forward = _positive_root(a, b, offset)
+        backward = _negative_root(a, b, offset)
+
+        def choose(residual_direction: float) -> float:
+            # q(s + τp) - q(s) = -τ rᵀp + ½ τ² pᵀAp
+            def change(tau: float) -> float:
+                return -tau * residual_direction + 0.5 * tau * tau * curvature
+
+            return forward if change(forward) <= change(backward) else backward
+
+        return choose
+
+    def advance(self, solution, direction, solution_product: float, curvature: float, step: float) -> None:
+        if self.region.metric == "operator":
+            self.solution_curvature += 2 * step * solution_product + step * step * curvature
+
+
+def _positive_root(a: float, b: float, offset: float) -> float:
+    """The root ``τ >= 0`` of ``aτ² + 2bτ + offset = 0`` for ``a > 0``, ``offset <= 0`` (cancellation-free)."""
+    discriminant = math.sqrt(max(b * b - a * offset, 0.0))
+    if b >= 0:
+        return max(-offset / (b + discriminant), 0.0) if b + discriminant > 0 else 0.0
+    return (discriminant - b) / a
+
+
+def _negative_root(a: float, b: float, offset: float) -> float:
+    """The root ``τ <= 0`` of ``aτ² + 2bτ + offset = 0`` for ``a > 0``, ``offset <= 0``."""
+    return -_positive_root(a, -b, offset)
+
+
+def _crossing_result(
+    move: tuple[Tensor, Tensor, Tensor, Tensor, float],
+    rhs: Tensor,
+    reason: SolverReason,
+    iterations: int,
+    rhs_norm: float,
+) -> SolverResult:
+    """``s + τp`` on the boundary, with ``A(s + τp) = (g - r) + τ Ap`` (no further product)."""
+    solution, direction, product, residual, tau = move
+    step = solution + tau * direction
+    step_product = rhs - residual + tau * product
+    return _result(step, rhs, step_product, reason, iterations, iterations, rhs_norm)
+
+
+def _result(
+    step: Tensor,
+    rhs: Tensor,
+    step_product: Tensor,
+    reason: SolverReason,
+    iterations: int,
+    products: int,
+    rhs_norm: float,
+) -> SolverResult:
+    residual_norm, gradient_dot, curvature = torch.stack(
+        [torch.linalg.vector_norm(rhs - step_product), rhs @ step, step @ step_product]
+    ).tolist()
+    return SolverResult(
+        direction=step,
+        reason=reason,
+        iterations=iterations,
+        products=products,
+        relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
+        curvature=curvature,
+        gradient_dot=gradient_dot,
+    )
