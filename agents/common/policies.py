@@ -340,7 +340,7 @@ class GaussianActor(Actor):
         return sample
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
-        clipped = np.clip(actions, self.low, self.high)
+        clipped = np.clip(actions, self.low, self.high).astype(actions.dtype, copy=False)
         return clipped.reshape(actions.shape[0], *self.shape)
 
 

@@ -252,7 +252,7 @@ class TRPO:
         if config.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         with torch.no_grad():
-            old_params = actor(obs)
+            old_params = _frozen(actor(obs))  # a copy: a Gaussian's log_std is the parameter itself
             old_log_prob = actor.log_prob(old_params, actions)
         subsample = self._fisher_subsample(len(obs))
         self.fisher_obs = obs if subsample is None else obs[subsample]
@@ -460,6 +460,13 @@ class TRPO:
 def _action_shape(space: Any) -> tuple[int, ...]:
     shape = tuple(space.shape) if space.shape is not None else ()
     return (int(np.prod(shape)),) if len(shape) > 1 else shape
+
+
+def _frozen(params: Any) -> Any:
+    """Detached copies of distribution parameters, so that later in-place steps cannot move them."""
+    if isinstance(params, tuple):
+        return tuple(t.detach().clone() for t in params)
+    return params.detach().clone()
 
 
 def _select(params: Any, index: Tensor) -> Any:

@@ -1,0 +1,343 @@
+"""The TRPO / NPG agents: the trust-region step's guarantees, the critic's separation, the
+Fisher paths, determinism, save/load and bit-identical resume, and argument checking."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from agents import NPG, TRPO
+from agents.common.rollout import compute_gae, make_batch
+
+SMALL = {"n_steps": 128, "hidden_sizes": (16, 16)}
+
+
+def parameters(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def assert_same(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def rollout_batch(agent):
+    agent.collect_rollout()
+    buffer, config = agent.buffer, agent.config
+    advantages, returns = compute_gae(
+        buffer.rewards,
+        buffer.values,
+        buffer.terminated,
+        buffer.truncated,
+        buffer.valid,
+        agent.last_values,
+        config.gamma,
+        config.gae_lambda,
+    )
+    return make_batch(buffer, advantages, returns, agent.dtype)
+
+
+def test_cartpole_learns():
+    agent = TRPO("CartPole-v1", seed=0).learn(50_000)
+    assert agent.history[-1]["mean_return"] >= 195
+    assert agent.evaluate(10)["mean_return"] >= 195
+    agent.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "options"),
+    [
+        ("CartPole-v1", {}),
+        ("Pendulum-v1", {}),
+        ("tests/Random-multidiscrete-v0", {}),
+        ("tests/Random-multibinary-v0", {}),
+        ("Pendulum-v1", {"kl_estimator": "sample"}),
+        ("CartPole-v1", {"curvature": "kl-hessian", "fisher_fraction": 0.2}),
+    ],
+)
+def test_kl_within_trust_region_after_every_accepted_update(env, options):
+    agent = TRPO(env, seed=1, **SMALL, **options).learn(6 * 2 * 128)
+    accepted = [row for row in agent.history if row["accepted"]]
+    assert len(accepted) >= 4
+    for row in accepted:
+        assert row["kl"] <= agent.config.max_kl
+        if options.get("kl_estimator") != "sample":  # the sample estimate of a KL can be negative
+            assert row["kl"] > 0.0
+        assert row["policy_improvement"] > 0.0
+        assert math.isfinite(row["policy_loss"])
+    agent.close()
+
+
+@pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1", "tests/Random-multidiscrete-v0"])
+def test_gauss_newton_and_kl_hessian_give_the_same_step(env):
+    steps = {}
+    for curvature in ("gauss-newton", "kl-hessian"):
+        agent = TRPO(env, seed=3, dtype="float64", curvature=curvature, **SMALL)
+        before = parameters(agent.actor)
+        result = agent.update_policy(rollout_batch(agent))
+        assert result.accepted
+        steps[curvature] = torch.cat(
+            [(p - b).reshape(-1) for p, b in zip(parameters(agent.actor), before, strict=True)]
+        )
+        agent.close()
+    assert torch.linalg.vector_norm(steps["gauss-newton"]) > 0
+    torch.testing.assert_close(steps["gauss-newton"], steps["kl-hessian"], rtol=1e-7, atol=1e-10)
+
+
+def test_kl_closure_compares_against_the_frozen_old_distribution():
+    """At θ_old the constraint is exactly 0; after the step it is the positive KL the line search measured."""
+    agent = TRPO("Pendulum-v1", seed=0, **SMALL)
+    batch = rollout_batch(agent)
+    seen = []
+    original_step = agent.policy_optimizer.step
+
+    def recording_step(closure):
+        def recording_closure():
+            loss, kl = closure()
+            seen.append(kl.item())
+            return loss, kl
+
+        return original_step(recording_closure)
+
+    agent.policy_optimizer.step = recording_step
+    result = agent.update_policy(batch)
+    assert seen[0] == 0.0
+    assert result.accepted and seen[-1] == result.kl_after > 0.0
+    agent.close()
+
+
+@pytest.mark.parametrize("curvature", ["gauss-newton", "kl-hessian"])
+def test_log_std_is_updated_and_constrained_by_the_policy_step(curvature):
+    agent = TRPO("Pendulum-v1", seed=0, curvature=curvature, **SMALL)
+    batch = rollout_batch(agent)
+    with torch.no_grad():
+        old_mean, old_log_std = (t.clone() for t in agent.actor(batch.obs))
+    result = agent.update_policy(batch)
+    assert result.accepted
+    assert not torch.equal(agent.actor.log_std.detach(), old_log_std)
+    # the measured KL includes the log_std move: recompute it from copies of the old parameters
+    with torch.no_grad():
+        kl = agent.actor.kl((old_mean, old_log_std), agent.actor(batch.obs)).mean().item()
+    assert result.kl_after == pytest.approx(kl, rel=1e-5)
+    agent.close()
+
+
+def test_policy_step_never_touches_the_critic_and_critic_epochs_never_touch_the_actor():
+    agent = TRPO("CartPole-v1", seed=0, **SMALL)
+    batch = rollout_batch(agent)
+    critic_before, actor_before = parameters(agent.critic), parameters(agent.actor)
+    assert agent.update_policy(batch).accepted
+    assert_same(parameters(agent.critic), critic_before)
+    actor_after_step = parameters(agent.actor)
+    agent.update_value(batch)
+    assert_same(parameters(agent.actor), actor_after_step)
+    assert not all(torch.equal(a, b) for a, b in zip(parameters(agent.critic), critic_before, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(actor_after_step, actor_before, strict=True))
+    owned = {id(p) for group in agent.value_optimizer.param_groups for p in group["params"]}
+    assert owned == {id(p) for p in agent.critic.parameters()}
+    agent.close()
+
+
+def test_line_search_failure_is_not_ignored():
+    """When every trial violates the KL bound, the step is rejected and the parameters are restored."""
+    agent = TRPO("CartPole-v1", seed=0, **SMALL)
+    batch = rollout_batch(agent)
+    true_kl = agent.actor.kl
+    agent.actor.kl = lambda old, new: true_kl(old, new) + (0.0 if torch.is_grad_enabled() else 1.0)
+    before = parameters(agent.actor)
+    result = agent.update_policy(batch)
+    assert not result.accepted
+    assert result.reason.value == "line_search_exhausted"
+    assert result.closure_calls == 1 + agent.config.backtrack_iters + 1
+    assert_same(parameters(agent.actor), before)
+    agent.close()
+
+
+def test_nonfinite_batch_is_rejected_without_touching_the_parameters():
+    agent = TRPO("Pendulum-v1", seed=0, **SMALL)
+    batch = rollout_batch(agent)
+    batch.obs[3, 0] = float("nan")  # NaN log-probabilities, Fisher products and direction
+    before = parameters(agent.actor)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = agent.update_policy(batch)
+    assert not result.accepted
+    assert result.reason.value.startswith("nonfinite")
+    assert any("rejected" in str(w.message) for w in caught)
+    assert_same(parameters(agent.actor), before)
+    assert all(torch.isfinite(p).all() for p in agent.actor.parameters())
+    agent.close()
+
+
+def test_fisher_subsample_feeds_the_curvature():
+    agent = TRPO("CartPole-v1", seed=0, fisher_fraction=0.2, **SMALL)
+    batch = rollout_batch(agent)
+    sizes = []
+    curvature = agent.policy_optimizer.curvature
+    original_build = curvature.build
+    curvature.build = lambda problem: (sizes.append(len(agent.fisher_obs)), original_build(problem))[1]
+    assert agent.update_policy(batch).accepted
+    assert sizes == [math.ceil(0.2 * len(batch.obs))]
+    agent.close()
+
+
+def test_npg_takes_the_kl_normalised_step_without_line_search():
+    agent = NPG("CartPole-v1", seed=0, **SMALL).learn(4 * 2 * 128)
+    assert agent.config.line_search is False
+    for row in agent.history:
+        assert row["accepted"] == 1 and row["backtracks"] == 0 and row["step_fraction"] == 1.0
+        assert row["kl"] > 0.0
+    agent.close()
+
+
+def test_same_seed_gives_identical_runs():
+    first = TRPO("Pendulum-v1", seed=7, **SMALL).learn(3 * 2 * 128)
+    second = TRPO("Pendulum-v1", seed=7, **SMALL).learn(3 * 2 * 128)
+    third = TRPO("Pendulum-v1", seed=8, **SMALL).learn(3 * 2 * 128)
+    strip = [{k: v for k, v in row.items() if not k.endswith(("seconds", "per_second"))} for row in first.history]
+    assert strip == [
+        {k: v for k, v in row.items() if not k.endswith(("seconds", "per_second"))} for row in second.history
+    ]
+    assert_same(parameters(first.actor), parameters(second.actor))
+    assert not all(torch.equal(a, b) for a, b in zip(parameters(first.actor), parameters(third.actor), strict=True))
+    for agent in (first, second, third):
+        agent.close()
+
+
+def without_timings(history):
+    return [{k: v for k, v in row.items() if not k.endswith(("seconds", "per_second"))} for row in history]
+
+
+def full_state(agent):
+    """What 'bit-identical' compares: every parameter, the critic's Adam state, the normalisation
+    statistics, the random generators, the counters and the logged metrics (without timings)."""
+    state = agent.state_dict()
+    return {**state, "history": without_timings(state["history"])}
+
+
+def assert_states_equal(first, second, path="state"):
+    if isinstance(first, dict):
+        assert first.keys() == second.keys(), path
+        for key in first:
+            assert_states_equal(first[key], second[key], f"{path}.{key}")
+    elif isinstance(first, (list, tuple)):
+        assert len(first) == len(second), path
+        for index, (a, b) in enumerate(zip(first, second, strict=True)):
+            assert_states_equal(a, b, f"{path}[{index}]")
+    elif isinstance(first, torch.Tensor):
+        assert torch.equal(first, second), path
+    elif isinstance(first, np.ndarray):
+        assert np.array_equal(first, second), path
+    elif isinstance(first, float) and math.isnan(first):
+        assert isinstance(second, float) and math.isnan(second), path
+    else:
+        assert first == second, path
+
+
+@pytest.mark.parametrize(
+    ("env", "options"),
+    [
+        ("CartPole-v1", {"n_steps": 512}),  # the CartPole defaults otherwise: 2k + 2k steps
+        ("Pendulum-v1", {"normalize_obs": True, "normalize_reward": True, **SMALL}),
+        ("CartPole-v1", {"vectorization_mode": "async", **SMALL}),
+    ],
+    ids=["cartpole", "pendulum-normalized", "cartpole-async"],
+)
+def test_resume_is_bit_identical(env, options, tmp_path):
+    batch = 2 * options["n_steps"]
+    straight = TRPO(env, seed=5, **options).learn(4 * batch)
+    first_half = TRPO(env, seed=5, **options).learn(2 * batch)
+    first_half.save(tmp_path / "checkpoint.pt")
+    first_half.close()
+    resumed = TRPO.load(tmp_path / "checkpoint.pt").learn(4 * batch)
+    assert resumed.global_step == straight.global_step == 4 * batch
+    assert_states_equal(full_state(resumed), full_state(straight))
+    straight.close()
+    resumed.close()
+
+
+def test_save_load_round_trip_predicts_and_evaluates_identically(tmp_path):
+    agent = TRPO("Pendulum-v1", seed=2, normalize_obs=True, **SMALL).learn(2 * 2 * 128)
+    agent.save(tmp_path / "agent.pt")
+    loaded = TRPO.load(tmp_path / "agent.pt")
+    assert loaded.config == agent.config
+    observations = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(observations), agent.predict(observations))
+    single = loaded.predict(observations[0])
+    assert single.shape == (1,)
+    np.testing.assert_allclose(single, agent.predict(observations)[0], rtol=1e-5)  # batch of 1 vs 5: rounding
+    np.testing.assert_array_equal(loaded.normalize_observation(observations), agent.normalize_observation(observations))
+    assert loaded.evaluate(3) == agent.evaluate(3)
+    # evaluation uses the saved statistics and leaves them alone
+    rms = loaded.env_stack.obs_normalizer.obs_rms
+    mean, count = rms.mean.copy(), rms.count
+    loaded.evaluate(2)
+    assert np.array_equal(rms.mean, mean) and rms.count == count
+    # the statistics are really applied: the policy sees normalised observations
+    assert not np.array_equal(loaded.normalize_observation(observations), observations)
+    agent.close()
+    loaded.close()
+
+
+def test_load_accepts_a_run_directory(tmp_path):
+    agent = TRPO("CartPole-v1", seed=0, **SMALL).learn(256, run_dir=tmp_path)
+    loaded = TRPO.load(tmp_path)
+    assert loaded.global_step == 256
+    assert_same(parameters(loaded.actor), parameters(agent.actor))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_kl", 0.0),
+        ("max_kl", -0.01),
+        ("gamma", 1.5),
+        ("gae_lambda", -0.1),
+        ("n_steps", 0),
+        ("num_envs", 0),
+        ("cg_iters", 0),
+        ("cg_damping", -1.0),
+        ("backtrack_ratio", 1.0),
+        ("backtrack_iters", -1),
+        ("fisher_fraction", 0.0),
+        ("fisher_fraction", 1.5),
+        ("value_lr", float("nan")),
+        ("value_minibatch_size", 0),
+        ("curvature", "fisher"),
+        ("kl_estimator", "mc"),
+        ("vectorization_mode", "threads"),
+        ("hidden_sizes", (64, 0)),
+        ("normalize_obs", "yes"),
+        ("dtype", "float16"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error_naming_the_argument(name, value):
+    with pytest.raises(ValueError, match=name):
+        TRPO("CartPole-v1", **{name: value})
+
+
+def test_unknown_hyperparameter_is_named():
+    with pytest.raises(ValueError, match="max_kll"):
+        TRPO("CartPole-v1", max_kll=0.01)
+
+
+def test_bad_learn_and_evaluate_arguments():
+    agent = TRPO("CartPole-v1", **SMALL)
+    with pytest.raises(ValueError, match="total_steps"):
+        agent.learn(-1)
+    with pytest.raises(ValueError, match="n_episodes"):
+        agent.evaluate(0)
+    with pytest.raises(ValueError, match="obs"):
+        agent.predict(np.zeros(5))
+    agent.close()
+
+
+@pytest.mark.parametrize(("env", "space"), [("tests/DictObservation-v0", "Dict"), ("tests/TupleAction-v0", "Tuple")])
+def test_environments_with_unsupported_spaces_are_refused(env, space):
+    with pytest.raises(ValueError, match=space):
+        TRPO(env)
