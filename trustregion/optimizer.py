@@ -284,7 +284,10 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             return TrialPoint(*self._scalars(trial_loss, trial_constraint))
 
         if radius_mode:
-            problem = SearchProblem(trial, model.loss, expected, max_kl, model.controller_state, model.step_norm)
+            rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(model.loss))
+            problem = SearchProblem(
+                trial, model.loss, expected, max_kl, model.controller_state, model.step_norm, rounding
+            )
         else:
             problem = SearchProblem(trial, model.loss, expected, max_kl)
         search = self.line_search(problem)

@@ -34,6 +34,8 @@ class SearchProblem:
         controller_state: a radius controller's state for this step (e.g.
             ``{"trust_radius": Δ}``); empty under a line search.
         step_norm: ``‖Δθ‖`` in the trust region's metric (radius controllers only).
+        loss_rounding: the rounding level of the loss, ``10 ε max(1, |loss_before|)``
+            with ``ε`` the parameters' machine epsilon (radius controllers only).
 
     Under a radius controller ``Δθ = s`` (no ``β``) and ``expected_improvement``
     is the quadratic model's predicted reduction ``gᵀs - ½ sᵀAs``.
@@ -45,6 +47,7 @@ class SearchProblem:
     max_constraint: float
     controller_state: Mapping[str, float] = field(default_factory=dict)
     step_norm: float = math.nan
+    loss_rounding: float = 0.0
 
 
 class LineSearch(abc.ABC):
@@ -67,9 +70,13 @@ class RadiusController(LineSearch):
     closure once at ``θ + s`` and calls the controller with the predicted
     reduction ``gᵀs - ½ sᵀAs``. The controller accepts or rejects on the ratio
 
-    .. math:: \rho = \frac{\text{loss}(\theta) - \text{loss}(\theta + s)}{g^\top s - \tfrac12 s^\top A s}
+    .. math:: \rho = \frac{\text{loss}(\theta) - \text{loss}(\theta + s) + r}{g^\top s - \tfrac12 s^\top A s + r}
 
-    and returns its next state, which the optimizer stores in its ``state`` so
+    where ``r = 10 ε max(1, |loss(θ)|)`` is the rounding level of the loss: once
+    both reductions are at that level their ratio is noise, and ``r`` pulls it to
+    ``1`` (Conn, Gould & Toint, *Trust-Region Methods*, 2000, chapter 17) instead
+    of letting the radius collapse; an accepted step can then raise the loss by
+    at most about ``r``. The controller returns its next state, which the optimizer stores in its ``state`` so
     that ``state_dict()`` / ``load_state_dict()`` carry it. The state keys the
     optimizer reads are ``"trust_radius"`` (``Δ``, default ``∞``) and ``"damping"``
     (``μ``, default ``0``: the solver then sees ``A + μI``).
@@ -111,16 +118,18 @@ class RadiusController(LineSearch):
     def __call__(self, problem: SearchProblem) -> SearchResult:
         """Evaluate the full step once, decide on ``ρ`` and return the next state."""
         point = problem.trial(1.0)
-        ratio = improvement_ratio(problem.loss_before, point.loss, problem.expected_improvement)
+        ratio = improvement_ratio(problem.loss_before, point.loss, problem.expected_improvement, problem.loss_rounding)
         accepted = self.accept(ratio)
         state = self.update(problem.controller_state, ratio, problem.step_norm)
         fraction = 1.0 if accepted else 0.0
         return SearchResult(accepted, fraction, point.loss, point.constraint, 0, 1, controller_state=state)
 
 
-def improvement_ratio(loss_before: float, loss_after: float, predicted_reduction: float) -> float:
-    """``ρ = (loss_before - loss_after) / predicted``; ``-inf`` unless both are finite and ``predicted > 0``."""
+def improvement_ratio(
+    loss_before: float, loss_after: float, predicted_reduction: float, rounding: float = 0.0
+) -> float:
+    """``ρ = (actual + r) / (predicted + r)``; ``-inf`` unless both are finite and ``predicted > 0``."""
     actual = loss_before - loss_after
     if not (math.isfinite(actual) and math.isfinite(predicted_reduction)) or predicted_reduction <= 0:
         return -math.inf
-    return actual / predicted_reduction
+    return (actual + rounding) / (predicted_reduction + rounding)
