@@ -4,6 +4,7 @@ Profiles (select with ``HYPOTHESIS_PROFILE``):
 
 * ``default`` - derandomized (the same examples on every run), no deadline, bounded examples.
 * ``thorough`` - the same with ten times the examples, for occasional deeper runs.
+* ``mutation`` - the default without shrinking, for ``tests/mutation_check.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 # pytest puts ``tests/`` on sys.path for this file, where ``tests/trustregion`` (which mirrors the package
 # layout) would be imported as a namespace package when the project is installed in editable mode; the
@@ -36,6 +37,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=250)
+# For tests/mutation_check.py: report the first failing example without shrinking it.
+settings.register_profile(
+    "mutation", parent=settings.get_profile("default"), phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # The tensors in the tests are tiny; one thread per test process avoids oversubscribing the cores under xdist.

@@ -14,15 +14,13 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from trustregion_helpers import (
     DTYPE,
-    MLP,
-    GaussianMLP,
     LinearSoftmaxPolicy,
     bitwise_equal,
     categorical_kl,
     dense_kl_hessian,
     flat,
-    gaussian_kl,
     log_spaced_eigenvalues,
+    policy_closure,
     random_vector,
     seeded,
     snapshot,
@@ -231,40 +229,6 @@ def test_hessian_curvature_takes_the_newton_step_on_a_convex_quadratic() -> None
 
 
 # ----------------------------------------------------------------------------- line-search guarantees
-
-
-def policy_closure(kind: str, seed: int, batch: int, obs_dim: int, hidden: int, width: int):
-    generator = torch.Generator().manual_seed(seed)
-    obs = torch.randn(batch, obs_dim, generator=generator, dtype=DTYPE)
-    advantages = torch.randn(batch, generator=generator, dtype=DTYPE)
-    if kind == "categorical":
-        policy = seeded(lambda: MLP(obs_dim, hidden, width), seed)
-        with torch.no_grad():
-            old = policy(obs)
-        actions = torch.multinomial(torch.softmax(old, -1), 1, generator=generator).squeeze(-1)
-
-        def log_prob(outputs: Tensor) -> Tensor:
-            return torch.distributions.Categorical(logits=outputs).log_prob(actions)
-
-        kl = categorical_kl
-    else:
-        policy = seeded(lambda: GaussianMLP(obs_dim, hidden, width, (width,)), seed)
-        with torch.no_grad():
-            old = policy(obs)
-        actions = old[0] + torch.randn(batch, width, generator=generator, dtype=DTYPE) * old[1].exp()
-
-        def log_prob(outputs: tuple[Tensor, Tensor]) -> Tensor:
-            return torch.distributions.Normal(outputs[0], outputs[1].exp()).log_prob(actions).sum(-1)
-
-        kl = gaussian_kl
-    old_log_prob = log_prob(old)
-
-    def closure() -> tuple[Tensor, Tensor]:
-        outputs = policy(obs)
-        surrogate = -(torch.exp(log_prob(outputs) - old_log_prob) * advantages).mean()
-        return surrogate, kl(old, outputs)
-
-    return policy, closure
 
 
 @settings(max_examples=20)
@@ -587,6 +551,23 @@ def test_rejects_closures_that_return_the_wrong_thing(returned: object, message:
     with pytest.raises(TypeError, match=message):
         opt.step(closure)
     assert torch.equal(theta.detach(), torch.ones(3, dtype=DTYPE))
+
+
+def test_a_constraint_without_graph_is_reported_as_bad_input() -> None:
+    # KLHessian differentiates the constraint twice: a detached KL is a mistake in the closure, and the error
+    # must say so (not autograd's "element 0 of tensors does not require grad").
+    policy, closure = policy_closure("categorical", seed=0, batch=4, obs_dim=2, hidden=3, width=3)
+
+    def detached_constraint() -> tuple[Tensor, Tensor]:
+        loss, constraint = closure()
+        return loss, constraint.detach()
+
+    params = list(policy.parameters())
+    saved = snapshot(params)
+    opt = TrustRegionOptimizer(params, max_kl=0.01)
+    with pytest.raises((TypeError, ValueError), match="constraint"):
+        opt.step(detached_constraint)
+    assert bitwise_equal(params, saved)
 
 
 def test_step_needs_a_closure() -> None:

@@ -180,6 +180,47 @@ def dense_kl_hessian(module: nn.Module, obs: Tensor, kl: Callable[[object, objec
     return torch.autograd.functional.hessian(kl_from_old(module, obs, kl), theta0)
 
 
+def policy_closure(
+    kind: str, seed: int, batch: int, obs_dim: int, hidden: int, width: int, dtype: torch.dtype = DTYPE
+) -> tuple[nn.Module, Callable[[], tuple[Tensor, Tensor]]]:
+    """A policy and a TRPO closure ``() -> (surrogate loss, mean KL(old || new))`` on a random batch.
+
+    ``kind`` is ``"categorical"`` (an MLP over ``width`` actions) or ``"gaussian"`` (an MLP mean with a
+    state-independent log-std over ``width`` action dimensions).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.randn(batch, obs_dim, generator=generator, dtype=dtype)
+    advantages = torch.randn(batch, generator=generator, dtype=dtype)
+    if kind == "categorical":
+        policy = seeded(lambda: MLP(obs_dim, hidden, width), seed, dtype)
+        with torch.no_grad():
+            old = policy(obs)
+        actions = torch.multinomial(torch.softmax(old, -1), 1, generator=generator).squeeze(-1)
+
+        def log_prob(outputs: Tensor) -> Tensor:
+            return torch.distributions.Categorical(logits=outputs).log_prob(actions)
+
+        kl = categorical_kl
+    else:
+        policy = seeded(lambda: GaussianMLP(obs_dim, hidden, width, (width,)), seed, dtype)
+        with torch.no_grad():
+            old = policy(obs)
+        actions = old[0] + torch.randn(batch, width, generator=generator, dtype=dtype) * old[1].exp()
+
+        def log_prob(outputs: tuple[Tensor, Tensor]) -> Tensor:
+            return torch.distributions.Normal(outputs[0], outputs[1].exp()).log_prob(actions).sum(-1)
+
+        kl = gaussian_kl
+    old_log_prob = log_prob(old)
+
+    def closure() -> tuple[Tensor, Tensor]:
+        outputs = policy(obs)
+        surrogate = -(torch.exp(log_prob(outputs) - old_log_prob) * advantages).mean()
+        return surrogate, kl(old, outputs)
+
+    return policy, closure
+
+
 # ----------------------------------------------------------------------------- optimizer plumbing
 
 

@@ -1,0 +1,264 @@
+"""Mutation check for the trustregion tests: plant known bugs in a copy of the package, run the tests against it.
+
+Each mutant is one textual change to one file of ``trustregion/`` (a sign flip, a dropped term, an
+off-by-one). The script copies the package, the tests and ``pyproject.toml`` into a temporary
+directory, applies the mutant, runs the tests that should notice it, and prints one row per mutant:
+
+    killed    - a test that passes on the unmodified package fails on the mutant
+    survived  - every test that passes on the unmodified package still passes (the tests are too weak)
+    n/a       - the text to mutate is no longer in the source (the code changed; update the mutant)
+
+Tests that already fail on the unmodified package are deselected when judging a mutant; the run stops at the
+first failure and hypothesis does not shrink (profile ``mutation``). Run from anywhere:
+
+    python tests/mutation_check.py            # all mutants
+    python tests/mutation_check.py cg_        # only mutants whose name contains "cg_"
+
+Exit status 1 when a mutant survives. This file is not collected by pytest (no ``test_`` prefix).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CG_TESTS = ("tests/trustregion/solvers/test_cg.py",)
+OPTIMIZER_TESTS = ("tests/trustregion/test_optimizer.py",)
+FAULT_TESTS = ("tests/trustregion/test_faults.py",)
+CURVATURE_TESTS = ("tests/trustregion/curvature", "tests/trustregion/test_distributions.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # inside trustregion/
+    original: str
+    mutated: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant(
+        "cg_residual_sign_flipped",
+        "solvers/cg.py",
+        "residual.sub_(step * product)",
+        "residual.add_(step * product)",
+        CG_TESTS,
+    ),
+    Mutant(
+        "cg_preconditioner_dropped",
+        "solvers/cg.py",
+        "precondition = self.preconditioner or (lambda r: r)",
+        "precondition = lambda r: r  # noqa: E731",
+        CG_TESTS,
+    ),
+    Mutant(
+        "cg_beta_inverted",
+        "solvers/cg.py",
+        "(new_residual_dot / residual_dot)",
+        "(residual_dot / new_residual_dot)",
+        CG_TESTS,
+    ),
+    Mutant(
+        "cg_curvature_without_residual_term",
+        "solvers/cg.py",
+        "curvature = gradient_dot - residual @ solution",
+        "curvature = gradient_dot",
+        CG_TESTS,
+    ),
+    Mutant(
+        "cg_negative_curvature_ignored",
+        "solvers/cg.py",
+        "if curvature_value <= 0.0:",
+        "if curvature_value < -1e300:",
+        CG_TESTS,
+    ),
+    Mutant(
+        "backtracking_fraction_ratio_pow_k_plus_1",
+        "search/backtracking.py",
+        "fraction = self.ratio**backtracks",
+        "fraction = self.ratio ** (backtracks + 1)",
+        OPTIMIZER_TESTS,
+    ),
+    Mutant(
+        "backtracking_kl_check_skipped",
+        "search/backtracking.py",
+        "if point.constraint is not None and not point.constraint <= problem.max_constraint:",
+        "if False:",
+        OPTIMIZER_TESTS,
+    ),
+    Mutant(
+        "backtracking_min_improvement_ignored",
+        "search/backtracking.py",
+        "required = self.min_improvement_ratio * fraction * problem.expected_improvement",
+        "required = 0.0",
+        OPTIMIZER_TESTS,
+    ),
+    Mutant(
+        "no_line_search_accepts_nonfinite",
+        "search/none.py",
+        "finite = math.isfinite(point.loss) and (point.constraint is None or math.isfinite(point.constraint))",
+        "finite = True",
+        FAULT_TESTS,
+    ),
+    Mutant(
+        "optimizer_restore_forgotten",
+        "optimizer.py",
+        "            restore(params, saved)\n",
+        "            pass\n",
+        OPTIMIZER_TESTS + FAULT_TESTS,
+    ),
+    Mutant(
+        "optimizer_step_scale_without_factor_2",
+        "optimizer.py",
+        "step_scale = math.sqrt(2.0 * max_kl / model.solve.curvature)",
+        "step_scale = math.sqrt(max_kl / model.solve.curvature)",
+        OPTIMIZER_TESTS,
+    ),
+    Mutant(
+        "optimizer_nonfinite_constraint_unchecked",
+        "optimizer.py",
+        "if constraint_value is not None and not math.isfinite(constraint_value):",
+        "if False:",
+        FAULT_TESTS,
+    ),
+    Mutant(
+        "optimizer_no_warning",
+        "optimizer.py",
+        'warnings.warn(f"trust-region step rejected: {result.reason.value}", RuntimeWarning, stacklevel=2)',
+        "pass",
+        FAULT_TESTS,
+    ),
+    Mutant(
+        "damping_dropped",
+        "curvature/damping.py",
+        "return inner(vector).add(vector, alpha=damping)",
+        "return inner(vector)",
+        ("tests/trustregion/curvature/test_damping.py", *OPTIMIZER_TESTS),
+    ),
+    Mutant(
+        "kl_hessian_without_create_graph",
+        "curvature/kl_hessian.py",
+        "retain_graph=True, create_graph=True)",
+        "retain_graph=True, create_graph=False)",
+        CURVATURE_TESTS,
+    ),
+    Mutant(
+        "gauss_newton_output_fisher_dropped",
+        "curvature/gauss_newton.py",
+        "transpose_product(output_fisher(tangent))",
+        "transpose_product(tangent)",
+        CURVATURE_TESTS,
+    ),
+    Mutant(
+        "categorical_fisher_without_outer_product",
+        "distributions.py",
+        "return probs * (tangent - (probs_unscaled * tangent).sum(-1, keepdim=True))",
+        "return probs * tangent",
+        CURVATURE_TESTS,
+    ),
+    Mutant(
+        "gaussian_fisher_log_std_weight_1",
+        "distributions.py",
+        "2.0 / batch if log_std.dim() == mean.dim() else 2.0",
+        "2.0 / batch if log_std.dim() == mean.dim() else 1.0",
+        CURVATURE_TESTS,
+    ),
+]
+
+
+def copy_project(destination: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache")
+    shutil.copytree(PROJECT_ROOT / "trustregion", destination / "trustregion", ignore=ignore)
+    shutil.copytree(PROJECT_ROOT / "tests", destination / "tests", ignore=ignore)
+    shutil.copy2(PROJECT_ROOT / "pyproject.toml", destination / "pyproject.toml")
+
+
+def failing_tests(
+    workdir: Path, tests: tuple[str, ...], report: Path, *, deselect: set[str] = frozenset(), first_only: bool = False
+) -> set[str]:
+    """Run ``tests`` in ``workdir`` (its ``trustregion`` first on the path); return the ids that failed.
+
+    ``deselect`` takes node ids (``path::name``); ``first_only`` stops at the first failure.
+    """
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(workdir),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HYPOTHESIS_PROFILE": "mutation",
+    }
+    command = [sys.executable, "-m", "pytest", *tests, "-q", "-n", "2", "-p", "no:cacheprovider"]
+    command += [f"--junit-xml={report}", "-o", "addopts="]
+    command += [f"--deselect={node}" for node in sorted(deselect)]
+    command += ["-x"] if first_only else []
+    report.unlink(missing_ok=True)
+    subprocess.run(command, cwd=workdir, env=environment, capture_output=True, text=True, check=False)
+    if not report.exists():
+        return {"<pytest did not run>"}
+    failed = set()
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            module_path = case.get("classname", "").replace(".", "/") + ".py"
+            failed.add(f"{module_path}::{case.get('name')}")
+    return failed
+
+
+def imported_package(workdir: Path) -> str:
+    environment = {**os.environ, "PYTHONPATH": str(workdir)}
+    probe = [sys.executable, "-c", "import trustregion; print(trustregion.__file__)"]
+    return subprocess.run(probe, cwd=workdir, env=environment, capture_output=True, text=True, check=True).stdout
+
+
+def main(selection: str = "") -> int:
+    mutants = [m for m in MUTANTS if selection in m.name]
+    with tempfile.TemporaryDirectory(prefix="trustregion-mutants-") as scratch:
+        workdir = Path(scratch) / "project"
+        copy_project(workdir)
+        if str(workdir) not in imported_package(workdir):
+            raise RuntimeError("the copied package is not the one the tests import; check the editable install")
+        baselines: dict[tuple[str, ...], set[str]] = {}
+        rows = []
+        for mutant in mutants:
+            if mutant.tests not in baselines:
+                baselines[mutant.tests] = failing_tests(workdir, mutant.tests, Path(scratch) / "baseline.xml")
+            target = workdir / "trustregion" / mutant.path
+            source = target.read_text()
+            if source.count(mutant.original) != 1:
+                rows.append((mutant.name, "n/a", 0.0, "text to mutate not found exactly once"))
+                continue
+            started = time.perf_counter()
+            target.write_text(source.replace(mutant.original, mutant.mutated))
+            try:
+                baseline = baselines[mutant.tests]
+                report = Path(scratch) / "mutant.xml"
+                failed = failing_tests(workdir, mutant.tests, report, deselect=baseline, first_only=True)
+            finally:
+                target.write_text(source)
+            new_failures = sorted(failed - baseline)
+            status = "killed" if new_failures else "survived"
+            detail = f"first failure: {new_failures[0]}" if new_failures else ""
+            rows.append((mutant.name, status, time.perf_counter() - started, detail))
+            print(f"{mutant.name:<45} {status:<9} {rows[-1][2]:6.1f}s  {detail}", flush=True)
+    print()
+    print(f"| {'mutant':<45} | {'result':<8} | {'time':>6} |")
+    print(f"|{'-' * 47}|{'-' * 10}|{'-' * 8}|")
+    for name, status, seconds, _ in rows:
+        print(f"| {name:<45} | {status:<8} | {seconds:5.1f}s |")
+    baseline_failures = sorted(set().union(*baselines.values())) if baselines else []
+    if baseline_failures:
+        print("\ntests failing on the unmodified package (ignored when judging mutants):")
+        for test in baseline_failures:
+            print(f"  {test}")
+    return 1 if any(status != "killed" for _, status, _, _ in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ""))
