@@ -83,7 +83,8 @@ def hyperparameters_from(args: argparse.Namespace) -> dict[str, Any]:
 def main(agent_class: Any, argv: Sequence[str] | None = None) -> int:
     """Entry point: train, resume or evaluate, per the flags."""
     algorithm = agent_class.algorithm
-    args = build_parser(algorithm).parse_args(argv)
+    parser = build_parser(algorithm)
+    args = parser.parse_args(argv)
     if args.eval is not None:
         agent = agent_class.load(args.eval)
         try:
@@ -95,7 +96,7 @@ def main(agent_class: Any, argv: Sequence[str] | None = None) -> int:
     if args.resume is not None:
         given = hyperparameters_from(args)
         if given:
-            raise SystemExit(f"--resume continues a run with its saved config; drop the flags {sorted(given)}")
+            parser.error(f"--resume continues a run with its saved config; drop the flags {sorted(given)}")
         run_dir = args.resume
         saved = json.loads((run_dir / CONFIG_NAME).read_text())
         agent = agent_class.load(run_dir)
@@ -104,7 +105,10 @@ def main(agent_class: Any, argv: Sequence[str] | None = None) -> int:
             atomic_write_text(run_dir / CONFIG_NAME, json.dumps({**saved, "total_steps": total_steps}, indent=2))
     else:
         hyperparameters = hyperparameters_from(args)
-        agent = agent_class(env=args.env, seed=args.seed, **hyperparameters)
+        try:
+            agent = agent_class(env=args.env, seed=args.seed, **hyperparameters)
+        except ValueError as error:
+            parser.error(str(error))
         total_steps = args.total_steps if args.total_steps is not None else default_total_steps(args.env)
         run_dir = args.run_dir or args.runs_root / run_name(args.env, algorithm, args.seed)
         run_dir.mkdir(parents=True, exist_ok=True)

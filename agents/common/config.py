@@ -145,7 +145,7 @@ _MUJOCO = {
     "cg_damping": 0.1,
     "value_lr": 1e-3,
     "value_epochs": 10,
-    "value_minibatch_size": 128,
+    "value_minibatch_size": 256,
     "fisher_fraction": 0.2,
 }
 

@@ -102,7 +102,7 @@ class TRPO:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.predict_generator = torch.Generator().manual_seed(config.seed + 1)
-        self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr)
+        self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
         self.fisher_obs: Tensor | None = None
         self.policy_optimizer = self._make_policy_optimizer()
         continuous = isinstance(self.actor, GaussianActor)

@@ -1,0 +1,266 @@
+"""Training throughput and policy-update time: ours against sb3-contrib's TRPO, in one run.
+
+For each environment both implementations train with the same network (64-64 tanh, separate
+actor and critic), the same number of environments and the same rollout length, alternating
+rounds (ours, sb3, ours, sb3, ...) so that a change in machine load hits both alike; the
+median over rounds is reported. Ours runs twice: with its per-environment defaults and with
+sb3's settings (critic epochs and minibatch, CG iterations and damping, full-batch Fisher).
+
+Policy-update time is one trust-region step on one fixed rollout, parameters restored before
+every repetition so each does the same work: ``TRPO.update_policy`` for ours,
+``sb3_contrib.TRPO.train`` with ``n_critic_updates = 0`` for sb3.
+
+    python benchmarks/throughput.py            # full: a few minutes
+    python benchmarks/throughput.py --smoke    # CI: under a minute, tiny budgets
+
+sb3-contrib is optional (``pip install sb3-contrib torch==<the installed torch>``); without it
+only our numbers are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agents import TRPO
+from agents.common.rollout import compute_gae, make_batch
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    num_envs: int
+    n_steps: int
+    sb3: dict[str, Any]  # RL-Zoo's sb3-contrib TRPO hyperparameters for this environment
+    normalize: bool
+
+
+SETTINGS = {
+    "CartPole-v1": Setting(
+        "CartPole-v1",
+        2,
+        512,
+        {
+            "batch_size": 512,
+            "cg_damping": 1e-3,
+            "gae_lambda": 0.98,
+            "gamma": 0.99,
+            "learning_rate": 1e-3,
+            "n_critic_updates": 20,
+        },
+        normalize=False,
+    ),
+    "Hopper-v5": Setting(
+        "Hopper-v5",
+        2,
+        1024,
+        {
+            "batch_size": 128,
+            "gamma": 0.99,
+            "gae_lambda": 0.95,
+            "sub_sampling_factor": 1,
+            "cg_max_steps": 25,
+            "cg_damping": 0.1,
+            "n_critic_updates": 20,
+            "learning_rate": 1e-3,
+        },
+        normalize=True,
+    ),
+}
+SB3_CG_DEFAULT = 15
+
+
+def ours_matching_sb3(setting: Setting) -> dict[str, Any]:
+    """Our hyperparameters set to sb3's values wherever both have the knob."""
+    sb3 = setting.sb3
+    return {
+        "num_envs": setting.num_envs,
+        "n_steps": setting.n_steps,
+        "value_epochs": sb3["n_critic_updates"],
+        "value_minibatch_size": sb3["batch_size"],
+        "cg_iters": sb3.get("cg_max_steps", SB3_CG_DEFAULT),
+        "cg_damping": sb3["cg_damping"],
+        "gamma": sb3["gamma"],
+        "gae_lambda": sb3["gae_lambda"],
+        "value_lr": sb3["learning_rate"],
+        "fisher_fraction": 1.0,
+        "normalize_obs": setting.normalize,
+        "normalize_reward": setting.normalize,
+    }
+
+
+def ours_defaults(setting: Setting) -> dict[str, Any]:
+    return {"num_envs": setting.num_envs, "n_steps": setting.n_steps}
+
+
+# ---------------------------------------------------------------------------------------- ours
+def ours_steps_per_second(setting: Setting, options: dict[str, Any], steps: int, seed: int) -> float:
+    agent = TRPO(setting.env, seed=seed, **options)
+    start = time.perf_counter()
+    agent.learn(steps)
+    elapsed = time.perf_counter() - start
+    agent.close()
+    return agent.global_step / elapsed
+
+
+def ours_policy_update_seconds(setting: Setting, options: dict[str, Any], repeats: int) -> float:
+    agent = TRPO(setting.env, seed=0, **options)
+    agent.learn(agent.config.batch_size)  # past the first iteration: statistics and critic warmed up
+    agent.collect_rollout()
+    buffer, config = agent.buffer, agent.config
+    advantages, returns = compute_gae(
+        buffer.rewards,
+        buffer.values,
+        buffer.terminated,
+        buffer.truncated,
+        buffer.valid,
+        agent.last_values,
+        config.gamma,
+        config.gae_lambda,
+    )
+    batch = make_batch(buffer, advantages, returns, agent.dtype)
+    saved = copy.deepcopy(agent.actor.state_dict())
+    generator = agent.generator.get_state()
+    times = []
+    for _ in range(repeats):
+        agent.actor.load_state_dict(saved)
+        agent.generator.set_state(generator)
+        start = time.perf_counter()
+        agent.update_policy(batch)
+        times.append(time.perf_counter() - start)
+    agent.close()
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------- sb3
+def sb3_available() -> bool:
+    try:
+        import sb3_contrib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_sb3(setting: Setting, seed: int):
+    from sb3_contrib import TRPO as SB3TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = make_vec_env(setting.env, n_envs=setting.num_envs, seed=seed)
+    if setting.normalize:
+        env = VecNormalize(env, gamma=setting.sb3["gamma"])
+    policy_kwargs = {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh}
+    return SB3TRPO(
+        "MlpPolicy",
+        env,
+        n_steps=setting.n_steps,
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+        **setting.sb3,
+    )
+
+
+def sb3_steps_per_second(setting: Setting, steps: int, seed: int) -> float:
+    model = make_sb3(setting, seed)
+    start = time.perf_counter()
+    model.learn(steps)
+    elapsed = time.perf_counter() - start
+    model.get_env().close()
+    return model.num_timesteps / elapsed
+
+
+def sb3_policy_update_seconds(setting: Setting, repeats: int) -> float:
+    model = make_sb3(setting, 0)
+    model.learn(2 * setting.num_envs * setting.n_steps)  # leaves a full rollout buffer behind
+    model.n_critic_updates = 0
+    saved = copy.deepcopy(model.policy.state_dict())
+    times = []
+    for _ in range(repeats):
+        model.policy.load_state_dict(saved)
+        start = time.perf_counter()
+        model.train()
+        times.append(time.perf_counter() - start)
+    model.get_env().close()
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------- main
+def measure(
+    setting: Setting, steps: int, rounds: int, repeats: int, with_sb3: bool, sb3_threads: int
+) -> dict[str, float]:
+    default_threads = torch.get_num_threads()
+    variants = {"ours (defaults)": ours_defaults(setting), "ours (sb3 settings)": ours_matching_sb3(setting)}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    if with_sb3:
+        samples["sb3-contrib"] = []
+    for round_index in range(rounds):
+        for name, options in variants.items():
+            samples[name].append(ours_steps_per_second(setting, options, steps, seed=round_index))
+        if with_sb3:
+            torch.set_num_threads(sb3_threads)
+            samples["sb3-contrib"].append(sb3_steps_per_second(setting, steps, seed=round_index))
+    results = {f"{name} steps/s": statistics.median(values) for name, values in samples.items()}
+    for name, options in variants.items():
+        results[f"{name} policy update s"] = ours_policy_update_seconds(setting, options, repeats)
+    if with_sb3:
+        torch.set_num_threads(sb3_threads)
+        results["sb3-contrib policy update s"] = sb3_policy_update_seconds(setting, repeats)
+    torch.set_num_threads(default_threads)
+    return results
+
+
+def print_table(env: str, setting: Setting, results: dict[str, float], with_sb3: bool) -> None:
+    print(f"\n{env}: {setting.num_envs} envs x {setting.n_steps} steps = batch {setting.num_envs * setting.n_steps}")
+    header = ("implementation", "steps/s", "policy update ms", "x sb3 steps/s", "/ sb3 update")
+    print(f"{header[0]:24s} {header[1]:>10s} {header[2]:>18s} {header[3]:>14s} {header[4]:>13s}")
+    names = ["ours (defaults)", "ours (sb3 settings)"] + (["sb3-contrib"] if with_sb3 else [])
+    for name in names:
+        rate, update = results[f"{name} steps/s"], results[f"{name} policy update s"]
+        if with_sb3:
+            speedup = f"{rate / results['sb3-contrib steps/s']:.2f}"
+            update_ratio = f"{update / results['sb3-contrib policy update s']:.2f}"
+        else:
+            speedup = update_ratio = "n/a"
+        print(f"{name:24s} {rate:10.0f} {1000 * update:18.1f} {speedup:>14s} {update_ratio:>13s}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    warnings.filterwarnings("ignore", message="Mean of empty slice")  # sb3 logs before its first episode ends
+    warnings.filterwarnings("ignore", message="invalid value encountered")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny budgets, for CI (< 1 minute)")
+    parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=None, help="alternating measurement rounds")
+    parser.add_argument("--no-sb3", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--sb3-threads",
+        type=int,
+        default=1,
+        help="torch threads for sb3 (ours uses its torch_threads setting, 1); 1 was sb3's fastest here",
+    )
+    args = parser.parse_args(argv)
+    with_sb3 = not args.no_sb3 and sb3_available()
+    if not args.no_sb3 and not with_sb3:
+        print("sb3-contrib is not installed: measuring ours only (pip install sb3-contrib torch==<installed torch>)")
+    rounds = args.rounds or (1 if args.smoke else 3)
+    repeats = 2 if args.smoke else 5
+    print(f"torch {torch.__version__}; torch threads: ours 1, sb3 {args.sb3_threads}; {rounds} round(s)")
+    for env in args.envs:
+        setting = SETTINGS[env]
+        batch = setting.num_envs * setting.n_steps
+        iterations = 1 if args.smoke else (20 if env.startswith("CartPole") else 5)
+        results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads)
+        print_table(env, setting, results, with_sb3)
+
+
+if __name__ == "__main__":
+    main()
