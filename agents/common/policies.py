@@ -58,31 +58,58 @@ class MLP(nn.Module):
         return F.linear(x, last.weight, last.bias)
 
 
-class NumpyMLP:
-    """A frozen numpy copy of an :class:`MLP` for rollout inference.
+class RolloutNetworks:
+    """A frozen numpy copy of the actor and critic networks, evaluated together for rollouts.
 
-    A forward pass on a handful of observations is dominated by per-operation overhead, which
-    is several times smaller in numpy than in torch; rollouts therefore run this copy, rebuilt
-    from the torch module after every update (the weights are a few kilobytes). Both compute
-    the same function (tests check them against each other).
+    A forward pass on a handful of observations is dominated by per-operation overhead, which is
+    several times smaller in numpy than in torch, and halves again when the two networks run as
+    one: the first layers are stacked side by side and the later ones placed block-diagonally,
+    so the actor's outputs never mix with the critic's (the blocks off the diagonal are exact
+    zeros). The copy is rebuilt from the torch modules at every rollout; the training networks
+    stay two separate modules with separate parameters.
+
+    ``networks(obs)`` returns ``(actor_outputs, values)``.
     """
 
-    def __init__(self, mlp: MLP) -> None:
-        self.weights = [layer.weight.detach().cpu().numpy().T.copy() for layer in mlp.layers]
-        self.biases = [layer.bias.detach().cpu().numpy().copy() for layer in mlp.layers]
-        self.activation = np.tanh if mlp.activation is torch.tanh else _numpy_relu
+    def __init__(self, actor: MLP, critic: MLP) -> None:
+        if len(actor.layers) != len(critic.layers) or actor.activation is not critic.activation:
+            raise ValueError("actor and critic networks need the same depth and activation to be evaluated together")
+        actor_layers = [_numpy_layer(layer) for layer in actor.layers]
+        critic_layers = [_numpy_layer(layer) for layer in critic.layers]
+        (actor_weight, actor_bias), (critic_weight, critic_bias) = actor_layers[0], critic_layers[0]
+        self.weights = [np.concatenate([actor_weight, critic_weight], axis=1)]
+        self.biases = [np.concatenate([actor_bias, critic_bias])]
+        for (actor_weight, actor_bias), (critic_weight, critic_bias) in zip(
+            actor_layers[1:], critic_layers[1:], strict=True
+        ):
+            self.weights.append(_block_diagonal(actor_weight, critic_weight))
+            self.biases.append(np.concatenate([actor_bias, critic_bias]))
+        self.activation = np.tanh if actor.activation is torch.tanh else _numpy_relu
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = obs
         for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
             x = self.activation(x @ weight + bias)
-        return x @ self.weights[-1] + self.biases[-1]
+        out = x @ self.weights[-1] + self.biases[-1]
+        return out[:, :-1], out[:, -1]
+
+
+def _numpy_layer(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    return layer.weight.detach().cpu().numpy().T, layer.bias.detach().cpu().numpy()
+
+
+def _block_diagonal(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    block = np.zeros((first.shape[0] + second.shape[0], first.shape[1] + second.shape[1]), dtype=first.dtype)
+    block[: first.shape[0], : first.shape[1]] = first
+    block[first.shape[0] :, first.shape[1] :] = second
+    return block
 
 
 def _numpy_relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-RolloutSampler = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+RolloutHead = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 class Critic(nn.Module):
@@ -94,11 +121,6 @@ class Critic(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs).squeeze(-1)
-
-    def rollout_values(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A numpy copy of ``V``: ``obs -> values`` (see :class:`NumpyMLP`)."""
-        net = NumpyMLP(self.net)
-        return lambda obs: net(obs)[:, 0]
 
 
 class Actor(nn.Module, abc.ABC):
@@ -134,8 +156,11 @@ class Actor(nn.Module, abc.ABC):
         """The Fisher ``M(z)`` of the distribution in its parameters, for Gauss-Newton."""
 
     @abc.abstractmethod
-    def rollout_sampler(self) -> RolloutSampler:
-        """A numpy copy of the policy: ``(obs, rng) -> actions`` sampled from ``π(·|s)`` (see :class:`NumpyMLP`)."""
+    def rollout_head(self) -> RolloutHead:
+        """Numpy sampling for rollouts: ``(network outputs, rng) -> actions`` drawn from ``π(·|s)``.
+
+        The outputs are those of ``self.net`` as computed by :class:`RolloutNetworks`.
+        """
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
         """Actions as stored in the buffer -> the form the vector environment expects."""
@@ -171,12 +196,9 @@ class CategoricalActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return CategoricalFisher()
 
-    def rollout_sampler(self) -> RolloutSampler:
-        net = NumpyMLP(self.net)
-
-        def sample(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            logits = net(obs)  # Gumbel-max: argmax(z + G) is distributed as softmax(z)
-            return (logits + rng.gumbel(size=logits.shape)).argmax(-1)
+    def rollout_head(self) -> RolloutHead:
+        def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return (logits + rng.gumbel(size=logits.shape)).argmax(-1)  # Gumbel-max: distributed as softmax(z)
 
         return sample
 
@@ -220,12 +242,11 @@ class MultiCategoricalActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return MultiCategoricalFisher(self.sizes)
 
-    def rollout_sampler(self) -> RolloutSampler:
-        net = NumpyMLP(self.net)
+    def rollout_head(self) -> RolloutHead:
         bounds = np.cumsum([0, *self.sizes])
 
-        def sample(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            perturbed = net(obs) + rng.gumbel(size=(obs.shape[0], int(bounds[-1])))
+        def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            perturbed = logits + rng.gumbel(size=logits.shape)
             factors = [perturbed[:, a:b].argmax(-1) for a, b in itertools.pairwise(bounds)]
             return np.stack(factors, axis=-1)
 
@@ -267,11 +288,9 @@ class BernoulliActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return BernoulliFisher()
 
-    def rollout_sampler(self) -> RolloutSampler:
-        net = NumpyMLP(self.net)
-
-        def sample(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            logits = net(obs)  # P(z + logistic noise > 0) = sigmoid(z)
+    def rollout_head(self) -> RolloutHead:
+        def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            # P(z + logistic noise > 0) = sigmoid(z)
             return (logits + rng.logistic(size=logits.shape) > 0).astype(np.int64)
 
         return sample
@@ -329,12 +348,10 @@ class GaussianActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return DiagonalGaussianFisher()
 
-    def rollout_sampler(self) -> RolloutSampler:
-        net = NumpyMLP(self.net)
+    def rollout_head(self) -> RolloutHead:
         std = self.log_std.detach().cpu().exp().numpy().copy()
 
-        def sample(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            mean = net(obs)
+        def sample(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             return mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype)
 
         return sample

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from agents.common.checkpoint import load_checkpoint, save_checkpoint
 from agents.common.config import TRPOConfig
 from agents.common.envs import make_env_stack, make_eval_envs
 from agents.common.logs import CSV_NAME, PLOT_NAME, RunLogger, plot_learning_curve
-from agents.common.policies import Critic, GaussianActor, make_actor, observation_dim
+from agents.common.policies import Critic, GaussianActor, RolloutNetworks, make_actor, observation_dim
 from agents.common.rollout import Batch, RolloutBuffer, compute_gae, make_batch
 from trustregion import (
     BacktrackingLineSearch,
@@ -208,20 +209,20 @@ class TRPO:
     def collect_rollout(self) -> None:
         """Fill the buffer with ``n_steps`` vector steps; ``prev_done`` marks autoreset transitions invalid.
 
-        Actions are drawn by a numpy copy of the actor (rebuilt here from the current
-        parameters) with ``self.rng``; the buffer keeps the unclipped sample.
+        Actions are drawn by a numpy copy of the networks (:meth:`rollout_networks`, rebuilt here
+        from the current parameters) with ``self.rng``; the buffer keeps the unclipped sample.
         """
         buffer, envs, actor = self.buffer, self.env_stack.envs, self.actor
-        sample_actions = actor.rollout_sampler()
-        values = self.critic.rollout_values()
+        networks = self.rollout_networks()
+        sample_actions = actor.rollout_head()
         num_envs = self.config.num_envs
         for t in range(self.config.n_steps):
             obs = buffer.obs[t]
             obs[:] = self.obs
             buffer.valid[t] = ~self.prev_done
-            actions = sample_actions(obs, self.rng)
+            actor_outputs, buffer.values[t] = networks(obs)
+            actions = sample_actions(actor_outputs, self.rng)
             buffer.actions[t] = actions
-            buffer.values[t] = values(obs)
             next_obs, reward, terminated, truncated, info = envs.step(actor.to_env(actions))
             buffer.rewards[t] = reward
             buffer.terminated[t] = terminated
@@ -231,7 +232,11 @@ class TRPO:
             if "_episode" in info:
                 self._record_episodes(info)
         self.global_step += num_envs * self.config.n_steps
-        self.last_values = values(self._as_policy_dtype(self.obs)).astype(np.float64)
+        self.last_values = networks(self._as_policy_dtype(self.obs))[1].astype(np.float64)
+
+    def rollout_networks(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """The numpy copy of actor and critic used by rollouts: ``obs -> (actor outputs, values)``."""
+        return RolloutNetworks(self.actor.net, self.critic.net)
 
     def _record_episodes(self, info: dict[str, Any]) -> None:
         for index in np.flatnonzero(info["_episode"]):

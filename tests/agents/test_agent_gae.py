@@ -62,14 +62,17 @@ def test_gae_without_episode_ends_is_the_discounted_sum_of_td_errors():
 
 
 class ScriptedCritic:
-    """V(s) = 10 t + episode on ScriptedChain observations [t, episode]: every value is known."""
+    """V(s) = 10 t + episode on ScriptedChain observations [t, episode]: every value is known.
+
+    Stands in for the rollout networks: uniform logits for the (ignored) actions, scripted values.
+    """
 
     @staticmethod
     def value(obs):
         return 10.0 * obs[:, 0] + obs[:, 1]
 
-    def rollout_values(self):
-        return self.value
+    def __call__(self, obs):
+        return np.zeros((len(obs), 3), dtype=obs.dtype), self.value(obs)
 
 
 def reference_advantages(obs, rewards, terminated, truncated, valid, last_value):
@@ -95,7 +98,7 @@ def reference_advantages(obs, rewards, terminated, truncated, valid, last_value)
 def test_rollout_on_scripted_chain_masks_autoreset_and_bootstraps_truncation():
     # Episodes alternate: terminate after 2 steps, then run into the 4-step time limit (truncated).
     agent = TRPO("tests/ScriptedChain-v0", seed=0, num_envs=1, n_steps=12, gamma=GAMMA, gae_lambda=LAM)
-    agent.critic = ScriptedCritic()
+    agent.rollout_networks = ScriptedCritic
     agent.collect_rollout()
     buffer = agent.buffer
     obs = buffer.obs[:, 0]
@@ -138,7 +141,7 @@ def test_rollout_on_scripted_chain_masks_autoreset_and_bootstraps_truncation():
 def test_rollouts_continue_across_iterations_with_the_autoreset_mask():
     """An episode that ends on a rollout's last step is reset on the next rollout's first (invalid) step."""
     agent = TRPO("tests/ScriptedChain-v0", seed=0, num_envs=1, n_steps=2)
-    agent.critic = ScriptedCritic()
+    agent.rollout_networks = ScriptedCritic
     agent.collect_rollout()  # t0, t1 (terminated)
     assert agent.buffer.terminated[1, 0]
     assert agent.last_values[0] == pytest.approx(20.0)  # V of the final observation [2, 0]

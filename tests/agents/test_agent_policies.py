@@ -15,7 +15,7 @@ from agents.common.policies import (
     Critic,
     GaussianActor,
     MultiCategoricalActor,
-    NumpyMLP,
+    RolloutNetworks,
     make_actor,
     observation_dim,
     parameters_shared,
@@ -130,13 +130,17 @@ def test_gauss_newton_fisher_equals_kl_hessian(kind):
 
 
 @pytest.mark.parametrize("kind", list(SPACES))
-def test_numpy_rollout_copy_computes_the_torch_networks(kind):
-    actor, obs = build(kind, hidden=(8, 8))
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_numpy_rollout_copy_computes_the_torch_networks(kind, activation):
+    torch.manual_seed(0)
+    actor = make_actor(OBS_DIM, SPACES[kind], (8, 6), activation).double()
+    critic = Critic(OBS_DIM, (7, 5), activation).double()
+    obs = torch.randn(6, OBS_DIM, dtype=torch.float64)
+    actor_outputs, values = RolloutNetworks(actor.net, critic.net)(obs.numpy())
     params = actor(obs)
     logits = params[0] if isinstance(params, tuple) else params
-    np.testing.assert_allclose(NumpyMLP(actor.net)(obs.numpy()), logits.detach().numpy(), rtol=1e-12, atol=1e-12)
-    critic = Critic(OBS_DIM, (8, 8), "relu").double()
-    np.testing.assert_allclose(critic.rollout_values()(obs.numpy()), critic(obs).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(actor_outputs, logits.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(values, critic(obs).detach().numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_numpy_samplers_follow_the_policy_distribution():
@@ -147,7 +151,8 @@ def test_numpy_samplers_follow_the_policy_distribution():
     for kind in SPACES:
         actor, _ = build(kind)
         params = actor(obs_tensor[:1])
-        samples = actor.rollout_sampler()(obs, rng)
+        outputs = actor.net(obs_tensor).detach().numpy()
+        samples = actor.rollout_head()(outputs, rng)
         if kind == "box":
             mean, log_std = (t.detach().numpy() for t in params)
             np.testing.assert_allclose(samples.mean(0), mean[0], atol=0.02)
