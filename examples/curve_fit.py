@@ -28,7 +28,7 @@ from trustregion import (
 
 TRUE_PARAMETERS = (2.5, 0.3, 1.7, 0.4)
 """Amplitude ``a``, decay ``b``, angular frequency ``ω``, phase ``φ``."""
-INITIAL_GUESS = (1.5, 0.1, 1.5, 0.0)
+INITIAL_GUESS = (1.0, 0.5, 2.2, 1.0)
 NAMES = ("amplitude", "decay", "frequency", "phase")
 
 
@@ -48,6 +48,7 @@ class Fit:
     parameters: list[float]
     loss: float
     steps: int
+    rejected_steps: int
     curvature_products: int
     converged: bool
 
@@ -58,17 +59,19 @@ def fit(t: torch.Tensor, y: torch.Tensor, controller: RadiusController, max_step
     least_squares = ResidualGaussNewton(lambda a, b, omega, phi: damped_oscillation(t, a, b, omega, phi) - y)
     opt = TrustRegionOptimizer(params, curvature=least_squares, line_search=controller)
     closure = least_squares.closure(params)
-    steps = products = 0
+    steps = rejected = products = 0
     for _ in range(max_steps):
         opt.step(closure)
         products += opt.last_result.curvature_products
         if opt.last_result.reason is Reason.CONVERGED:
             break
         steps += 1
+        rejected += not opt.last_result.accepted
     return Fit(
         parameters=[p.item() for p in params],
         loss=closure().item(),
         steps=steps,
+        rejected_steps=rejected,
         curvature_products=products,
         converged=opt.last_result.reason is Reason.CONVERGED,
     )
@@ -86,14 +89,19 @@ def main(argv: list[str] | None = None) -> dict[str, Fit]:
         "trust-region gauss-newton": fit(t, y, TrustRadius(gtol=args.gtol)),
     }
     print(f"{args.samples} samples of a·exp(-b t)·cos(ω t + φ), noise σ = {args.noise}\n")
-    print(f"{'method':>26} {'steps':>6} {'JᵀJ products':>14} {'½‖r‖²':>10}  " + " ".join(f"{n:>10}" for n in NAMES))
-    print(f"{'truth':>26} {'':>6} {'':>14} {'':>10}  " + " ".join(f"{v:10.4f}" for v in TRUE_PARAMETERS))
-    print(f"{'initial guess':>26} {'':>6} {'':>14} {'':>10}  " + " ".join(f"{v:10.4f}" for v in INITIAL_GUESS))
-    for name, result in fits.items():
-        values = " ".join(f"{v:10.4f}" for v in result.parameters)
-        status = "" if result.converged else "  (not converged)"
-        print(f"{name:>26} {result.steps:6d} {result.curvature_products:14d} {result.loss:10.5f}  {values}{status}")
+    blank = f"{'':>6} {'':>9} {'':>14} {'':>10}"
+    print(f"{'method':>26} {'steps':>6} {'rejected':>9} {'JᵀJ products':>14} {'½‖r‖²':>10}  " + _row(NAMES, "{:>10}"))
+    print(f"{'truth':>26} {blank}  " + _row(TRUE_PARAMETERS, "{:10.4f}"))
+    print(f"{'initial guess':>26} {blank}  " + _row(INITIAL_GUESS, "{:10.4f}"))
+    for name, r in fits.items():
+        status = "" if r.converged else "  (not converged)"
+        counts = f"{r.steps:6d} {r.rejected_steps:9d} {r.curvature_products:14d} {r.loss:10.5f}"
+        print(f"{name:>26} {counts}  " + _row(r.parameters, "{:10.4f}") + status)
     return fits
+
+
+def _row(values, template: str) -> str:
+    return " ".join(template.format(v) for v in values)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Trust-region Newton-CG on the Rosenbrock function, and an escape from a saddle point.
 
-``TrustRegionOptimizer(params, curvature=Hessian(f), line_search=TrustRadius())`` with a
+``TrustRegionOptimizer(params, curvature=Hessian(), line_search=TrustRadius())`` with a
 loss-only closure is the classic trust-region Newton-CG method: Steihaug-Toint CG on the
 exact Hessian inside a Euclidean ball whose radius follows the ratio of actual to
 predicted reduction. The loop stops when a step reports ``Reason.CONVERGED``: the
@@ -59,7 +59,7 @@ def minimise(
     :func:`scipy.optimize.minimize` counts ``nit``; the final ``CONVERGED`` report is not one.
     """
     x = start.clone().requires_grad_()
-    opt = TrustRegionOptimizer([x], curvature=Hessian(function), line_search=TrustRadius(initial_radius, gtol=gtol))
+    opt = TrustRegionOptimizer([x], curvature=Hessian(), line_search=TrustRadius(initial_radius, gtol=gtol))
     history: list[StepResult] = []
     for _ in range(max_steps):
         opt.step(lambda: function(x))

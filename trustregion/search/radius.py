@@ -99,20 +99,22 @@ class LevenbergMarquardt(RadiusController):
     ``JᵀJ`` of a least-squares loss (:class:`~trustregion.ResidualGaussNewton`):
     large ``μ`` gives a short gradient step, small ``μ`` the Gauss-Newton step.
     ``ρ`` compares the actual reduction with the undamped model's prediction
-    ``gᵀs - ½ sᵀAs``. Marquardt's update, with the factors of Madsen, Nielsen &
-    Tingleff, *Methods for Non-Linear Least Squares Problems* (2004):
+    ``gᵀs - ½ sᵀAs``. The update is Nielsen's (1999), as given by Madsen, Nielsen
+    & Tingleff, *Methods for Non-Linear Least Squares Problems* (2004, sec. 3.2):
 
-    * ``ρ < 1/4``: ``μ ← 2μ``;
-    * ``ρ > 3/4``: ``μ ← μ / 3``;
+    * a taken step (``ρ > η``): ``μ ← μ · max(1/3, 1 - (2ρ - 1)³)`` and ``ν ← 2``;
+    * a rejected step: ``μ ← μ · ν`` and ``ν ← 2ν``,
 
-    and the step is taken when ``ρ > η`` (default ``0``: any decrease). ``μ`` is
-    kept in ``[min_damping, max_damping]`` and stored in ``opt.state`` (key
-    ``"damping"``). It is absolute, so ``initial_damping`` should be small
-    compared with the curvature's scale (``‖JᵀJ‖``).
+    so ``μ`` shrinks smoothly after good steps and grows ever faster after
+    consecutive failures. ``μ`` is kept in ``[min_damping, max_damping]``;
+    ``μ`` and ``ν`` are stored in ``opt.state`` (keys ``"damping"`` and
+    ``"damping_growth"``) and saved by ``state_dict()``. ``μ`` is absolute: an
+    ``initial_damping`` small compared with the curvature's scale (``‖JᵀJ‖``)
+    starts near Gauss-Newton.
 
     Args:
         initial_damping: ``μ₀ > 0``.
-        eta: acceptance threshold ``η ∈ [0, 1/4)``.
+        eta: acceptance threshold ``η ∈ [0, 1/4)`` (default ``0``: any decrease).
         min_damping, max_damping: the bounds of ``μ``.
         gtol: first-order tolerance on ``‖∇loss‖`` (see :class:`RadiusController`).
     """
@@ -143,18 +145,19 @@ class LevenbergMarquardt(RadiusController):
         self.max_damping = float(max_damping)
 
     def initial_state(self) -> dict[str, float]:
-        return {"damping": self.initial_damping}
+        return {"damping": self.initial_damping, "damping_growth": 2.0}
 
     def accept(self, ratio: float) -> bool:
         return ratio > self.eta
 
     def update(self, state: Mapping[str, float], ratio: float, step_norm: float) -> dict[str, float]:
-        damping = state["damping"]
-        if ratio < 0.25:
-            damping = 2.0 * damping
-        elif ratio > 0.75:
-            damping = damping / 3.0
-        return {"damping": min(max(damping, self.min_damping), self.max_damping)}
+        damping, growth = state["damping"], state["damping_growth"]
+        if self.accept(ratio):
+            damping, growth = damping * max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3), 2.0
+        else:
+            damping, growth = damping * growth, 2.0 * growth
+        damping = min(max(damping, self.min_damping), self.max_damping)
+        return {"damping": damping, "damping_growth": min(growth, 2.0**30)}
 
     def __repr__(self) -> str:
         return f"LevenbergMarquardt(initial_damping={self.initial_damping}, eta={self.eta}, gtol={self.gtol})"

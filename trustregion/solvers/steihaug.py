@@ -48,8 +48,10 @@ class SteihaugCG(Solver):
     ``trust-ncg`` spends one per iteration on it).
 
     Args:
-        max_iter: cap on products (>= 1); ``None`` uses the dimension ``n``
-            (exact arithmetic terminates within ``n`` iterations).
+        max_iter: cap on products (>= 1); ``None`` uses ``10 n``: exact
+            arithmetic terminates within ``n`` iterations, but rounding delays
+            convergence on ill-conditioned ``A``, so the default cap only stops
+            a runaway loop. Networks should pass a small cap (TRPO: 10).
         tol: relative residual tolerance ``η``; ``None`` uses the forcing sequence
             ``η = min(0.5, sqrt(‖g‖))`` of inexact Newton methods, which gives
             superlinear convergence of the outer iteration (Nocedal & Wright,
@@ -81,7 +83,7 @@ class SteihaugCG(Solver):
         residual = rhs.clone()
         direction = rhs.clone()
         residual_dot = rhs_norm**2
-        max_iter = self.max_iter or operator.dim
+        max_iter = self.max_iter or 10 * operator.dim
         iterations = 0
         for _ in range(max_iter):
             product = operator(direction)

@@ -100,15 +100,27 @@ def test_steps_are_taken_only_above_eta() -> None:
     assert not controller.accept(0.15) and controller.accept(0.1500001) and not controller.accept(-math.inf)
 
 
-@pytest.mark.parametrize(("ratio", "expected"), [(0.1, 2.0), (0.5, 1.0), (0.9, 1 / 3), (-math.inf, 2.0)])
-def test_levenberg_marquardt_update(ratio: float, expected: float) -> None:
-    assert LevenbergMarquardt().update({"damping": 1.0}, ratio, 1.0)["damping"] == pytest.approx(expected)
+@pytest.mark.parametrize(
+    ("ratio", "expected_damping", "expected_growth"),
+    [
+        (0.9, 1 - 0.8**3, 2.0),  # a good step: μ · max(1/3, 1 - (2ρ - 1)³)
+        (0.99, 1 / 3, 2.0),  # at most a factor 3 smaller
+        (0.5, 1.0, 2.0),
+        (0.1, 1 + 0.8**3, 2.0),  # a poor but accepted step (η = 0) raises μ a little
+        (0.0, 4.0, 8.0),  # rejected: μ · ν, and ν doubles
+        (-math.inf, 4.0, 8.0),
+    ],
+)
+def test_levenberg_marquardt_follows_nielsen(ratio: float, expected_damping: float, expected_growth: float) -> None:
+    state = LevenbergMarquardt().update({"damping": 1.0, "damping_growth": 4.0}, ratio, 1.0)
+    assert state["damping"] == pytest.approx(expected_damping)
+    assert state["damping_growth"] == expected_growth
 
 
 def test_levenberg_marquardt_damping_stays_in_its_bounds() -> None:
     controller = LevenbergMarquardt(1.0, min_damping=0.5, max_damping=1.5)
-    assert controller.update({"damping": 1.0}, 0.9, 1.0)["damping"] == 0.5
-    assert controller.update({"damping": 1.0}, 0.0, 1.0)["damping"] == 1.5
+    assert controller.update({"damping": 1.0, "damping_growth": 2.0}, 0.99, 1.0)["damping"] == 0.5
+    assert controller.update({"damping": 1.0, "damping_growth": 2.0}, -1.0, 1.0)["damping"] == 1.5
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_loops_are_capped_and_never_raise(seed: int, n: int, kind: str, metric: 
     matrix, rhs = problem(kind, n, seed)
     for max_iter in (1, 3, None):
         result, operator = solve(matrix, rhs, 1.0, metric, max_iter=max_iter, tol=0.0, psd=kind != "indefinite")
-        assert operator.products == result.products <= (max_iter or n)
+        assert operator.products == result.products <= (max_iter or 10 * n)
         assert torch.isfinite(result.direction).all()
 
 
