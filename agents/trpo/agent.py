@@ -92,14 +92,18 @@ class TRPO:
             gamma=config.gamma,
         )
         envs = self.env_stack.envs
-        self.obs_shape = envs.single_observation_space.shape
-        self.obs_dim = observation_dim(envs.single_observation_space)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.actor = make_actor(
-                self.obs_dim, envs.single_action_space, config.hidden_sizes, config.activation, config.log_std_init
-            ).to(self.dtype)
-            self.critic = Critic(self.obs_dim, config.hidden_sizes, config.activation).to(self.dtype)
+        try:
+            self.obs_shape = envs.single_observation_space.shape
+            self.obs_dim = observation_dim(envs.single_observation_space)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                self.actor = make_actor(
+                    self.obs_dim, envs.single_action_space, config.hidden_sizes, config.activation, config.log_std_init
+                ).to(self.dtype)
+                self.critic = Critic(self.obs_dim, config.hidden_sizes, config.activation).to(self.dtype)
+        except ValueError:
+            self.env_stack.close()
+            raise
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.predict_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -437,6 +441,7 @@ class TRPO:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a checkpoint of this format (format {state.get('format')!r})")
         agent = cls.__new__(cls)
+        agent.algorithm = state["algorithm"]  # an NPG run loaded through TRPO.load keeps its name
         agent._build(TRPOConfig.from_dict(state["config"]))
         agent._reset_envs()
         agent.actor.load_state_dict(state["actor"])
