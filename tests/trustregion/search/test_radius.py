@@ -199,7 +199,7 @@ def test_step_properties_on_random_nonconvex_problems(seed: int, n: int, start_s
             assert moved <= result.radius * (1 + 1e-9)
         else:
             assert moved == 0.0
-        assert result.curvature_products <= n + controller.probe_iterations
+        assert result.curvature_products <= 10 * n + controller.probe_iterations  # SteihaugCG cap + probe
     final = records[-1][2]
     assert final.reason is Reason.CONVERGED
     hessian = torch.autograd.functional.hessian(function, x.detach())
