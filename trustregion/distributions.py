@@ -89,9 +89,9 @@ class DiagonalGaussianFisher(OutputFisher):
     """Diagonal Gaussian in ``(μ, log σ)``: ``M = diag(1/σ², 2)``, no cross terms.
 
     ``outputs`` is the pair ``(mean, log_std)``. ``log_std`` may have the batch
-    dimension (state-dependent) or not (a state-independent parameter vector, as
-    in TRPO's Gaussian policies); it is then shared by every input and its block
-    is ``2`` for the batch mean.
+    dimension (state-dependent), a leading dimension of 1, or none (a
+    state-independent parameter vector, as in TRPO's Gaussian policies); a shared
+    row stands for every input and its block is ``2`` for the batch mean.
     """
 
     def bind(self, outputs: object) -> OutputProduct:
@@ -100,7 +100,9 @@ class DiagonalGaussianFisher(OutputFisher):
         mean, log_std = (t.detach() for t in outputs)
         batch = mean.shape[0]
         mean_weight = torch.exp(-2 * log_std).expand_as(mean) / batch
-        log_std_weight = 2.0 / batch if log_std.dim() == mean.dim() else 2.0
+        # Each row of log_std stands for batch / rows inputs of the batch mean, so its block is 2 / rows.
+        rows = log_std.shape[0] if log_std.dim() == mean.dim() else 1
+        log_std_weight = 2.0 / rows
 
         def product(tangent: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
             tangent_mean, tangent_log_std = tangent
