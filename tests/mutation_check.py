@@ -168,8 +168,15 @@ MUTANTS = [
     Mutant(
         "gaussian_fisher_log_std_weight_1",
         "distributions.py",
-        "2.0 / batch if log_std.dim() == mean.dim() else 2.0",
-        "2.0 / batch if log_std.dim() == mean.dim() else 1.0",
+        "log_std_weight = 2.0 / rows",
+        "log_std_weight = 1.0 / rows",
+        CURVATURE_TESTS,
+    ),
+    Mutant(
+        "gaussian_fisher_shared_row_weighted_per_input",
+        "distributions.py",
+        "rows = log_std.shape[0] if log_std.dim() == mean.dim() else 1",
+        "rows = batch if log_std.dim() == mean.dim() else 1",
         CURVATURE_TESTS,
     ),
 ]
