@@ -341,3 +341,24 @@ def test_bad_learn_and_evaluate_arguments():
 def test_environments_with_unsupported_spaces_are_refused(env, space):
     with pytest.raises(ValueError, match=space):
         TRPO(env)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_resume_right_after_an_episode_end_replays_the_pending_autoreset(mode, tmp_path):
+    """The scripted chain's first episode terminates on the rollout's last step: the checkpoint
+    holds a pending next-step autoreset, which the restored environment must perform."""
+    options = {"num_envs": 1, "n_steps": 2, "vectorization_mode": mode}
+    agent = TRPO("tests/ScriptedChain-v0", seed=0, **options)
+    agent.collect_rollout()
+    assert agent.prev_done[0]
+    agent.save(tmp_path / "checkpoint.pt")
+    restored = TRPO.load(tmp_path / "checkpoint.pt")
+    for expected_valid in ([False, True], [True, True]):  # the reset step, then episode 1 going on
+        agent.collect_rollout()
+        restored.collect_rollout()
+        np.testing.assert_array_equal(restored.buffer.valid[:, 0], expected_valid)
+        for name in ("obs", "rewards", "terminated", "truncated", "valid", "actions", "values"):
+            np.testing.assert_array_equal(getattr(restored.buffer, name), getattr(agent.buffer, name), err_msg=name)
+    np.testing.assert_array_equal(restored.buffer.obs[:, 0], [[2, 1], [3, 1]])
+    agent.close()
+    restored.close()
