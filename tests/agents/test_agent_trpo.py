@@ -359,6 +359,6 @@ def test_resume_right_after_an_episode_end_replays_the_pending_autoreset(mode, t
         np.testing.assert_array_equal(restored.buffer.valid[:, 0], expected_valid)
         for name in ("obs", "rewards", "terminated", "truncated", "valid", "actions", "values"):
             np.testing.assert_array_equal(getattr(restored.buffer, name), getattr(agent.buffer, name), err_msg=name)
-    np.testing.assert_array_equal(restored.buffer.obs[:, 0], [[2, 1], [3, 1]])
+    np.testing.assert_array_equal(restored.buffer.obs[:, 0], [[1, 1], [2, 1]])
     agent.close()
     restored.close()
