@@ -155,10 +155,10 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         "n_steps": 512,
         "gamma": 0.99,
         "gae_lambda": 0.98,
-        "cg_damping": 0.01,
+        "cg_damping": 1e-3,
         "value_lr": 1e-3,
-        "value_epochs": 10,
-        "value_minibatch_size": 512,
+        "value_epochs": 20,
+        "value_minibatch_size": 256,
     },
     "Pendulum": {
         **_CLASSIC_CONTROL,
@@ -174,9 +174,9 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """Per-environment overrides, keyed by the id without its version (``"Hopper"`` for ``Hopper-v5``).
 
-Adapted from RL-Zoo's TRPO hyperparameters (2 environments, 1024-step rollouts, GAE 0.95,
-25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample where the
-returns allow; docs/agents.md lists and explains every entry.
+Adapted from RL-Zoo's TRPO hyperparameters (2 environments, 512- or 1024-step rollouts, GAE
+0.95, 25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample on
+MuJoCo; docs/agents.md lists and explains every entry.
 """
 
 
