@@ -1,0 +1,230 @@
+"""Final returns over seeds, resumable: ours (and sb3-contrib's TRPO when asked) on standard tasks.
+
+Every (implementation, environment, seed) writes ``<results>/<impl>__<env>__<seed>.json`` with a
+deterministic 10-episode evaluation at the end of training, and its learning curve to
+``<results>/curves/<impl>__<env>__<seed>.csv``; an existing JSON is skipped, so an interrupted
+sweep continues where it stopped. A plot per environment (``<results>/<env>.png``) and a table
+against the targets are written after every run.
+
+    python benchmarks/returns.py --envs CartPole-v1 --seeds 0 1 2
+    python benchmarks/returns.py --envs Hopper-v5 --seeds 0 --impl ours sb3
+    python benchmarks/returns.py --smoke     # CI: two tiny CartPole runs into results/tmp/
+
+Ours uses its per-environment defaults (docs/agents.md); sb3-contrib uses RL-Zoo's TRPO
+hyperparameters for the environment, as in benchmarks/throughput.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents import TRPO
+from agents.common.checkpoint import atomic_write_text
+from agents.common.cli import default_total_steps
+from agents.common.logs import plot_curves
+
+HERE = Path(__file__).resolve().parent
+EVAL_EPISODES = 10
+TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Hopper-v5": 3400.0, "HalfCheetah-v5": 2000.0}
+SB3_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "n_envs": 2,
+        "normalize": False,
+        "n_steps": 512,
+        "batch_size": 512,
+        "cg_damping": 1e-3,
+        "gae_lambda": 0.98,
+        "gamma": 0.99,
+        "learning_rate": 1e-3,
+        "n_critic_updates": 20,
+    },
+    "Pendulum-v1": {"n_envs": 2, "normalize": False, "n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15},
+    "mujoco": {
+        "n_envs": 2,
+        "normalize": True,
+        "batch_size": 128,
+        "n_steps": 1024,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "sub_sampling_factor": 1,
+        "cg_max_steps": 25,
+        "cg_damping": 0.1,
+        "n_critic_updates": 20,
+        "learning_rate": 1e-3,
+    },
+}
+
+
+def result_name(implementation: str, env: str, seed: int) -> str:
+    return f"{implementation}__{env.replace('/', '_')}__{seed}"
+
+
+def run_ours(env: str, seed: int, total_steps: int) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    agent = TRPO(env, seed=seed)
+    start = time.perf_counter()
+    agent.learn(total_steps)
+    seconds = time.perf_counter() - start
+    evaluation = agent.evaluate(EVAL_EPISODES)
+    agent.close()
+    curve = [(row["global_step"], row["mean_return"]) for row in agent.history]
+    record = {
+        "steps": agent.global_step,
+        "train_seconds": seconds,
+        "steps_per_second": agent.global_step / seconds,
+        "final_train_mean_return": agent.history[-1]["mean_return"] if agent.history else math.nan,
+        "eval_mean_return": evaluation["mean_return"],
+        "eval_std_return": evaluation["std_return"],
+        "eval_returns": evaluation["returns"],
+        "config": agent.config.to_dict(),
+    }
+    return record, curve
+
+
+def run_sb3(env: str, seed: int, total_steps: int) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    from sb3_contrib import TRPO as SB3TRPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    settings = dict(SB3_HYPERPARAMETERS.get(env, SB3_HYPERPARAMETERS["mujoco"]))
+    n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
+    train_env = make_vec_env(env, n_envs=n_envs, seed=seed)
+    if normalize:
+        train_env = VecNormalize(train_env, gamma=settings.get("gamma", 0.99))
+    curve: list[tuple[int, float]] = []
+
+    class Curve(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            returns = [info["r"] for info in self.model.ep_info_buffer]
+            curve.append((self.model.num_timesteps, float(np.mean(returns)) if returns else math.nan))
+
+    model = SB3TRPO("MlpPolicy", train_env, seed=seed, device="cpu", verbose=0, **settings)
+    start = time.perf_counter()
+    model.learn(total_steps, callback=Curve())
+    seconds = time.perf_counter() - start
+    eval_env = make_vec_env(env, n_envs=1, seed=seed + 10_000)
+    if normalize:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        eval_env.obs_rms = train_env.obs_rms
+    returns, _ = evaluate_policy(
+        model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
+    )
+    record = {
+        "steps": model.num_timesteps,
+        "train_seconds": seconds,
+        "steps_per_second": model.num_timesteps / seconds,
+        "final_train_mean_return": curve[-1][1] if curve else math.nan,
+        "eval_mean_return": float(np.mean(returns)),
+        "eval_std_return": float(np.std(returns)),
+        "eval_returns": [float(r) for r in returns],
+        "config": {"n_envs": n_envs, "normalize": normalize, **settings},
+    }
+    return record, curve
+
+
+RUNNERS = {"ours": run_ours, "sb3": run_sb3}
+
+
+def run_one(results: Path, implementation: str, env: str, seed: int, total_steps: int) -> None:
+    name = result_name(implementation, env, seed)
+    path = results / f"{name}.json"
+    if path.exists():
+        print(f"skip {name}: {path.name} exists", flush=True)
+        return
+    print(f"run  {name}: {total_steps} steps", flush=True)
+    record, curve = RUNNERS[implementation](env, seed, total_steps)
+    record = {"implementation": implementation, "env": env, "seed": seed, "total_steps": total_steps, **record}
+    (results / "curves").mkdir(parents=True, exist_ok=True)
+    lines = ["global_step,mean_return"] + [f"{step},{value!r}" for step, value in curve]
+    atomic_write_text(results / "curves" / f"{name}.csv", "\n".join(lines) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2))
+    print(
+        f"done {name}: eval {record['eval_mean_return']:.1f} +- {record['eval_std_return']:.1f}, "
+        f"{record['steps_per_second']:.0f} steps/s",
+        flush=True,
+    )
+
+
+def load_results(results: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(results.glob("*__*__*.json"))]
+
+
+def read_curve(path: Path) -> tuple[list[int], list[float]]:
+    lines = path.read_text().splitlines()[1:]
+    steps = [int(line.split(",")[0]) for line in lines]
+    values = [float(line.split(",")[1]) for line in lines]
+    return steps, values
+
+
+def summarise(results: Path) -> str:
+    records = load_results(results)
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["env"], record["implementation"], record["total_steps"]), []).append(record)
+    lines = [f"{'env':16s} {'impl':5s} {'steps':>8s} {'seeds':>5s} {'eval mean':>10s} {'target':>8s}  per seed"]
+    for (env, implementation, steps), group in sorted(groups.items()):
+        group.sort(key=lambda r: r["seed"])
+        evaluations = [r["eval_mean_return"] for r in group]
+        target = TARGETS.get(env)
+        per_seed = ", ".join(f"{r['seed']}: {r['eval_mean_return']:.1f}" for r in group)
+        lines.append(
+            f"{env:16s} {implementation:5s} {steps:8d} {len(group):5d} {statistics.mean(evaluations):10.1f} "
+            f"{'' if target is None else f'{target:.0f}':>8s}  {per_seed}"
+        )
+    for env in sorted({r["env"] for r in records}):
+        curves = []
+        for record in sorted(records, key=lambda r: (r["implementation"], r["seed"])):
+            if record["env"] != env:
+                continue
+            name = result_name(record["implementation"], env, record["seed"])
+            curve_path = results / "curves" / f"{name}.csv"
+            if curve_path.exists():
+                curves.append((f"{record['implementation']} seed {record['seed']}", *read_curve(curve_path)))
+        plot_curves(curves, str(results / f"{env.replace('/', '_')}.png"), f"TRPO {env}: training return")
+    table = "\n".join(lines)
+    atomic_write_text(results / "summary.txt", table + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=["CartPole-v1"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="default: 100k classic control, 1M MuJoCo")
+    parser.add_argument("--impl", nargs="+", default=["ours"], choices=list(RUNNERS))
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--smoke", action="store_true", help="two tiny CartPole runs into <results>/tmp")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.envs, args.seeds, args.steps, args.results = ["CartPole-v1"], [0, 1], 2048, args.results / "tmp"
+    if "sb3" in args.impl:
+        try:
+            import sb3_contrib  # noqa: F401
+        except ImportError:
+            print("sb3-contrib is not installed: running ours only", file=sys.stderr)
+            args.impl = [impl for impl in args.impl if impl != "sb3"]
+    args.results.mkdir(parents=True, exist_ok=True)
+    for env in args.envs:
+        steps = args.steps or default_total_steps(env)
+        for seed in args.seeds:
+            for implementation in args.impl:
+                run_one(args.results, implementation, env, seed, steps)
+                summarise(args.results)
+    print(summarise(args.results))
+
+
+if __name__ == "__main__":
+    main()
