@@ -296,6 +296,10 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if search.controller_state is not None:
             self._store_controller_state(search.controller_state)
         rejection = Reason.INSUFFICIENT_DECREASE if radius_mode else Reason.LINE_SEARCH_EXHAUSTED
+        if not math.isfinite(search.loss):
+            rejection = Reason.NONFINITE_LOSS
+        elif search.constraint is not None and not math.isfinite(search.constraint):
+            rejection = Reason.NONFINITE_CONSTRAINT
         return StepResult(
             accepted=search.accepted,
             reason=Reason.ACCEPTED if search.accepted else rejection,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from trustregion._vectors import flatten, split_like
 from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
@@ -25,12 +25,24 @@ class GaussNewton(Curvature):
     ``θ_old`` (Martens, "New insights and perspectives on the natural gradient
     method", 2020, sec. 9), and it is PSD by construction.
 
-    :meth:`build` runs the forward pass once with :func:`torch.func.vjp`, which
-    keeps the graph of ``z`` and returns ``u -> Jᵀu``; a second ``vjp`` of that
-    linear map gives its transpose ``v -> J v``. A product is then
-    ``Jᵀ (M (J v))``: two passes through cached graphs and no forward
-    recomputation. (:func:`torch.func.linearize` would give ``J v`` too, but
-    traces the model, which costs tens of gradients per step.)
+    :meth:`build` runs the forward pass once, on detached aliases of the
+    parameters (through :func:`torch.func.functional_call` for
+    :meth:`for_module`), and keeps two autograd graphs: the graph of ``z``,
+    through which one backward gives ``u -> Jᵀu``, and the graph of that linear
+    map itself, from one backward with ``create_graph=True`` at ``u = 0``, through
+    which one backward gives its transpose ``v -> J v = ∂(vᵀJᵀu)/∂u``. A product
+    ``Jᵀ (M (J v))`` is then two backward passes through cached graphs and no
+    forward recomputation. Like :class:`KLHessian`, this needs the model's
+    operations to be twice differentiable.
+
+    The products use :func:`torch.autograd.grad` rather than ``torch.func``:
+    ``torch.func.vjp`` with a ``vjp`` of that ``vjp`` builds the same two graphs
+    but was slower per product, and :func:`torch.func.linearize` traces the model
+    at every build, which costs 8 to 50 gradients. ``benchmarks/curvature.py``
+    measures all three (docs/benchmarks.md, "Curvature products"): on a 64-64
+    tanh MLP policy at batch 2,048 and 20,000, a product here costs
+    1.1-1.2 gradients, the ``torch.func`` vjp-of-vjp 1.15-1.35 and the
+    double backward of the mean KL (:class:`KLHessian`) 1.7-2.3.
 
     Args:
         outputs: ``outputs(*params) -> z``, a pure function of the optimized
@@ -74,16 +86,15 @@ class GaussNewton(Curvature):
     def build(self, problem: StepProblem) -> LinearOperator:
         params = list(problem.params)
         self._check_params(params)
-        primals = tuple(p.detach() for p in params)
+        leaves = [p.detach().requires_grad_() for p in params]
         with torch.enable_grad():
-            outputs, transpose_jacobian = torch.func.vjp(self.outputs, *primals)
-            zeros = tree_map(torch.zeros_like, outputs)
-            _, jacobian_product = torch.func.vjp(transpose_jacobian, zeros)
+            outputs = self.outputs(*leaves)
+            linearisation = _Linearisation(outputs, leaves)
         output_fisher = self.fisher.bind(tree_map(torch.detach, outputs))
 
         def gauss_newton_product(vector: Tensor) -> Tensor:
-            (jv,) = jacobian_product(tuple(split_like(vector, primals)))
-            return flatten(transpose_jacobian(output_fisher(jv))).detach()
+            tangent = linearisation.jacobian_product(split_like(vector, leaves))
+            return linearisation.transpose_product(output_fisher(tangent))
 
         dim = sum(p.numel() for p in params)
         return LinearOperator(gauss_newton_product, dim, positive_semidefinite=True)
@@ -97,3 +108,59 @@ class GaussNewton(Curvature):
                 "GaussNewton.for_module(module, ...) needs the optimizer to hold exactly "
                 "module.parameters() in order; build the optimizer from the same module"
             )
+
+
+class _Linearisation:
+    """The cached graphs of ``z = f(θ_old)`` and of the linear map ``u -> Jᵀu``.
+
+    ``Jᵀu`` comes from one backward through the graph of ``z``; ``J v`` from one
+    backward through the graph of ``u -> Jᵀu``, built once with
+    ``create_graph=True`` at a zero ``u`` (the map is linear, so where it is
+    built does not matter): ``J v = ∂(vᵀ Jᵀu)/∂u``.
+    """
+
+    def __init__(self, outputs: object, leaves: list[Tensor]) -> None:
+        flat_outputs, self._structure = tree_flatten(outputs)
+        if not flat_outputs or not all(isinstance(z, Tensor) for z in flat_outputs):
+            raise TypeError("outputs(*params) must return a tensor or a tuple of tensors (the distribution parameters)")
+        self._leaves = leaves
+        self._zeros = [None if z.requires_grad else torch.zeros_like(z) for z in flat_outputs]
+        self._outputs = [z for z in flat_outputs if z.requires_grad]  # the outputs that depend on θ
+        self._cotangents = [torch.zeros_like(z, requires_grad=True) for z in self._outputs]
+        transposed = (
+            torch.autograd.grad(self._outputs, leaves, self._cotangents, create_graph=True, allow_unused=True)
+            if self._outputs
+            else [None] * len(leaves)
+        )
+        self._linked = [i for i, row in enumerate(transposed) if row is not None and row.requires_grad]
+        self._transposed = [transposed[i] for i in self._linked]
+
+    def jacobian_product(self, vector_parts: list[Tensor]) -> object:
+        """``J v`` in the structure of the outputs; ``vector_parts`` shaped like the parameters."""
+        products: list[Tensor | None] = [None] * len(self._outputs)
+        if self._transposed:
+            products = torch.autograd.grad(
+                self._transposed,
+                self._cotangents,
+                [vector_parts[i] for i in self._linked],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        live = iter(zip(products, self._cotangents, strict=True))
+        tangents = []
+        for zero in self._zeros:
+            if zero is not None:
+                tangents.append(zero)
+                continue
+            product, cotangent = next(live)
+            tangents.append(torch.zeros_like(cotangent, requires_grad=False) if product is None else product)
+        return tree_unflatten(tangents, self._structure)
+
+    def transpose_product(self, cotangent: object) -> Tensor:
+        """``Jᵀw`` as one flat vector, for ``w`` in the structure of the outputs."""
+        flat_cotangent, _ = tree_flatten(cotangent)
+        live = [w for w, zero in zip(flat_cotangent, self._zeros, strict=True) if zero is None]
+        if not self._outputs:
+            return flatten([torch.zeros_like(p) for p in self._leaves])
+        rows = torch.autograd.grad(self._outputs, self._leaves, live, retain_graph=True, allow_unused=True)
+        return flatten([torch.zeros_like(p) if row is None else row for row, p in zip(rows, self._leaves, strict=True)])

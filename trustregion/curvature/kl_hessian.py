@@ -28,6 +28,11 @@ class KLHessian(Curvature):
                 "KLHessian needs a constraint: make the closure return (loss, mean_kl), "
                 "or pass curvature=Hessian() for a loss-only closure"
             )
+        if not problem.constraint.requires_grad:
+            raise ValueError(
+                "KLHessian needs the constraint's autograd graph: compute mean_kl from the parameters "
+                "without torch.no_grad() or .detach()"
+            )
         params = problem.params
         kl_gradient = flat_gradient(problem.constraint, params, retain_graph=True, create_graph=True)
         dim = kl_gradient.numel()

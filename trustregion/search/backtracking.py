@@ -14,9 +14,10 @@ class BacktrackingLineSearch(LineSearch):
     A trial at fraction ``t = ρᵏ`` is accepted when all of these hold:
 
     * the loss and the constraint are finite;
-    * the measured constraint satisfies ``D̄_KL <= δ`` (the quadratic model of the
-      KL is only an approximation, so the real KL is checked, as in Schulman et
-      al., 2015, Appendix C);
+    * the measured constraint satisfies ``D̄_KL <= δ (1 + kl_rtol)`` (the quadratic
+      model of the KL is only an approximation, so the real KL is checked, as in
+      Schulman et al., 2015, Appendix C; ``kl_rtol = 1e-6`` only absorbs rounding,
+      e.g. when the KL is exactly quadratic and the full step lands on ``δ``);
     * the loss improves: ``L_before - L(t) > 0``;
     * the improvement is at least ``min_improvement_ratio · t · β gᵀs``, a fraction
       of what the linear model expects (``accept_ratio = 0.1`` in OpenAI baselines'
@@ -31,9 +32,16 @@ class BacktrackingLineSearch(LineSearch):
         max_backtracks: how many times the step may be shrunk (>= 0).
         ratio: the shrink factor ``ρ``, in (0, 1).
         min_improvement_ratio: the required fraction of the expected improvement, in [0, 1).
+        kl_rtol: relative slack on the constraint bound for rounding, in [0, 1e-3].
     """
 
-    def __init__(self, max_backtracks: int = 10, ratio: float = 0.8, min_improvement_ratio: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_backtracks: int = 10,
+        ratio: float = 0.8,
+        min_improvement_ratio: float = 0.0,
+        kl_rtol: float = 1e-6,
+    ) -> None:
         if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
             raise ValueError(f"max_backtracks must be an integer >= 0 (got {max_backtracks!r}); TRPO uses 10")
         if not (isinstance(ratio, (int, float)) and 0.0 < ratio < 1.0):
@@ -42,7 +50,10 @@ class BacktrackingLineSearch(LineSearch):
             raise ValueError(
                 f"min_improvement_ratio must be in [0, 1) (got {min_improvement_ratio!r}); baselines uses 0.1"
             )
+        if not (isinstance(kl_rtol, (int, float)) and 0.0 <= kl_rtol <= 1e-3):
+            raise ValueError(f"kl_rtol must be in [0, 1e-3] (got {kl_rtol!r}); it only absorbs rounding")
         self.max_backtracks = max_backtracks
+        self.kl_rtol = float(kl_rtol)
         self.ratio = float(ratio)
         self.min_improvement_ratio = float(min_improvement_ratio)
 
@@ -59,8 +70,9 @@ class BacktrackingLineSearch(LineSearch):
     def _acceptable(self, point: TrialPoint, fraction: float, problem: SearchProblem) -> bool:
         if not math.isfinite(point.loss):
             return False
-        if point.constraint is not None and not point.constraint <= problem.max_constraint:
-            return False  # also rejects NaN
+        bound = problem.max_constraint * (1.0 + self.kl_rtol)
+        if point.constraint is not None and not (math.isfinite(point.constraint) and point.constraint <= bound):
+            return False
         improvement = problem.loss_before - point.loss
         required = self.min_improvement_ratio * fraction * problem.expected_improvement
         return improvement > 0.0 and improvement >= required
@@ -68,5 +80,5 @@ class BacktrackingLineSearch(LineSearch):
     def __repr__(self) -> str:
         return (
             f"BacktrackingLineSearch(max_backtracks={self.max_backtracks}, ratio={self.ratio}, "
-            f"min_improvement_ratio={self.min_improvement_ratio})"
+            f"min_improvement_ratio={self.min_improvement_ratio}, kl_rtol={self.kl_rtol})"
         )
