@@ -26,9 +26,10 @@ Every ratio is the median over rounds of (operator time / gradient time), the tw
 timed back to back in each round, so that load changes on the machine cancel; the
 product column also gives the quartiles. float32, ``torch.set_num_threads(--threads)``.
 
-Besides the library's operators, three other ways to form the same Gauss-Newton
-product ``Jᵀ M J v`` are defined here so that the choice made in
-:class:`trustregion.GaussNewton` stays visible (its docstring gives the reasons).
+Besides the library's operators, three other general ways to form the same
+Gauss-Newton product ``Jᵀ M J v`` are defined here so that the choice made in
+:class:`trustregion.GaussNewton` stays visible (its docstring gives the reasons),
+and the product written out by hand for this MLP, as a floor for all of them.
 
 Usage::
 
@@ -263,6 +264,61 @@ class ForwardModeGaussNewton(Curvature):
         return LinearOperator(product, vector_dim(primals), positive_semidefinite=True)
 
 
+class HandWrittenGaussNewton(Curvature):
+    """The same ``Jᵀ M J v`` written out for this tanh MLP: a floor for the automatic ways, not a general method.
+
+    ``J v`` runs forward through the layers with one fused matrix product per layer
+    (``[t, h] [W, v_W]ᵀ``), the tanh slopes ``1 - h²`` computed once at build;
+    ``Jᵀ`` is the usual backward pass.
+    """
+
+    def __init__(self, workload: Workload, fisher: OutputFisher) -> None:
+        self.workload, self.fisher = workload, fisher
+
+    def build(self, problem: StepProblem) -> LinearOperator:
+        policy = self.workload.policy
+        log_std = policy.log_std if isinstance(policy, GaussianPolicy) else None
+        linears = [m for m in (policy.mean if log_std is not None else policy) if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            inputs, slopes = [self.workload.obs], []
+            for linear in linears[:-1]:
+                hidden = torch.tanh(linear(inputs[-1]))
+                inputs.append(hidden)
+                slopes.append(1 - hidden * hidden)
+            last = linears[-1](inputs[-1])
+            fisher = self.fisher.bind(last if log_std is None else (last, log_std.detach()))
+        position = {id(p): i for i, p in enumerate(problem.params)}
+        params = tuple(p.detach() for p in problem.params)
+
+        def part(parts: tuple[Tensor, ...], tensor: Tensor) -> Tensor:
+            return parts[position[id(tensor)]]
+
+        def product(vector: Tensor) -> Tensor:
+            parts = _split(vector, params)
+            tangent = torch.addmm(part(parts, linears[0].bias), inputs[0], part(parts, linears[0].weight).t())
+            for k, linear in enumerate(linears):
+                if k:
+                    stacked = torch.cat([linear.weight.detach(), part(parts, linear.weight)], 1)
+                    tangent = torch.addmm(part(parts, linear.bias), torch.cat([tangent, inputs[k]], 1), stacked.t())
+                if k < len(slopes):
+                    tangent.mul_(slopes[k])
+            if log_std is None:
+                cotangent = fisher(tangent)
+            else:
+                cotangent, log_std_cotangent = fisher((tangent, part(parts, log_std)))
+            grads: list[Tensor] = [torch.empty(0)] * len(params)
+            if log_std is not None:
+                grads[position[id(log_std)]] = log_std_cotangent
+            for k in reversed(range(len(linears))):
+                grads[position[id(linears[k].weight)]] = cotangent.t() @ inputs[k]
+                grads[position[id(linears[k].bias)]] = cotangent.sum(0)
+                if k:
+                    cotangent = (cotangent @ linears[k].weight.detach()).mul_(slopes[k - 1])
+            return _flat(grads)
+
+        return LinearOperator(product, vector_dim(params), positive_semidefinite=True)
+
+
 def vector_dim(tensors: tuple[Tensor, ...]) -> int:
     return sum(t.numel() for t in tensors)
 
@@ -279,6 +335,7 @@ def operators(workload: Workload) -> dict[str, Curvature]:
         "alt: torch.func vjp + vjp-of-vjp": VjpOfVjpGaussNewton(outputs, fisher()),
         "alt: torch.func linearize + vjp": LinearizeGaussNewton(outputs, fisher()),
         "alt: torch.func jvp (re-forward) + vjp": ForwardModeGaussNewton(outputs, fisher()),
+        "ref: hand-written for this MLP": HandWrittenGaussNewton(workload, fisher()),
     }
 
 
@@ -341,6 +398,7 @@ class Row:
     step: float = math.nan
     step_products: int = 0
     peak_mib: float = math.nan
+    gradient_ms: float = math.nan
 
     @property
     def build_and_products(self) -> float:
@@ -354,8 +412,10 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return low, median, high
 
 
-def product_timings(workload: Workload, curvature: Curvature, repeats: int, warmup: int) -> tuple[float, list[float]]:
-    """Median product time and the paired product / gradient ratios, with only this operator alive."""
+def product_timings(
+    workload: Workload, curvature: Curvature, repeats: int, warmup: int
+) -> tuple[float, float, list[float]]:
+    """Median product and gradient times and the paired product / gradient ratios (only this operator alive)."""
     vector = torch.randn(vector_dim(tuple(workload.params)))
     operator = curvature.build(workload.problem(curvature))
     for _ in range(warmup):
@@ -363,11 +423,29 @@ def product_timings(workload: Workload, curvature: Curvature, repeats: int, warm
         operator(vector)
     unit_times, ratios = paired_ratios(workload.gradient, lambda: seconds(lambda: operator(vector)), repeats)
     product_times = [ratio * unit for ratio, unit in zip(ratios, unit_times, strict=True)]
-    return statistics.median(product_times), ratios
+    return statistics.median(product_times), statistics.median(unit_times), ratios
+
+
+def check_agreement(workload: Workload, curvatures: dict[str, Curvature]) -> float:
+    """Largest relative difference between each Fisher-type product and ``KLHessian``'s; raises above 1e-3."""
+    vector = torch.randn(vector_dim(tuple(workload.params)))
+    reference = KLHessian().build(workload.problem(KLHessian()))(vector)
+    worst = 0.0
+    for name, curvature in curvatures.items():
+        if isinstance(curvature, Hessian):  # a different matrix: the Hessian of the surrogate
+            continue
+        product = curvature.build(workload.problem(curvature))(vector)
+        if isinstance(curvature, Damped):
+            product = product - curvature.damping * vector
+        difference = (torch.linalg.vector_norm(product - reference) / torch.linalg.vector_norm(reference)).item()
+        if not difference <= 1e-3:
+            raise RuntimeError(f"{name}: product differs from the KL Hessian's by {difference:.2e} (relative)")
+        worst = max(worst, difference)
+    return worst
 
 
 def measure_operator(workload: Workload, name: str, curvature: Curvature, repeats: int, warmup: int) -> Row:
-    product_time, product_ratios = product_timings(workload, curvature, repeats, warmup)
+    product_time, unit_time, product_ratios = product_timings(workload, curvature, repeats, warmup)
 
     def timed_build() -> float:
         problem = workload.problem(curvature)
@@ -402,6 +480,7 @@ def measure_operator(workload: Workload, name: str, curvature: Curvature, repeat
         len(workload.obs),
         name,
         product_ms=1e3 * product_time,
+        gradient_ms=1e3 * unit_time,
         product=quartiles(product_ratios),
         build=statistics.median(build_ratios),
         step=statistics.median(step_ratios),
@@ -416,6 +495,7 @@ def measure_unit(workload: Workload, repeats: int, warmup: int) -> Row:
     times = [seconds(workload.gradient) for _ in range(repeats)]
     milliseconds = 1e3 * statistics.median(times)
     row = Row(workload.head.name, len(workload.obs), "gradient (the unit)", milliseconds, (1.0, 1.0, 1.0))
+    row.gradient_ms = milliseconds
     row.peak_mib = peak_allocated_bytes(workload.gradient) / MIB
     return row
 
@@ -428,7 +508,7 @@ COLUMNS = [
     "head",
     "batch",
     "operator",
-    "ms",
+    "ms (paired grad ms)",
     "product / grad (quartiles)",
     "build / grad",
     "build + 10 products",
@@ -444,7 +524,7 @@ def cells(row: Row) -> list[str]:
         row.head,
         str(row.batch),
         row.operator,
-        f"{row.product_ms:.2f}",
+        f"{row.product_ms:.2f}" if unit else f"{row.product_ms:.2f} ({row.gradient_ms:.2f})",
         "1" if unit else f"{median:.2f} ({low:.2f}-{high:.2f})",
         "" if unit else f"{row.build:.2f}",
         "" if unit else f"{row.build_and_products:.1f}",
@@ -509,8 +589,11 @@ def main() -> None:
     for batch in arguments.batches:
         for head in HEADS:
             workload = Workload(head, batch, arguments.seed)
+            curvatures = operators(workload)
+            difference = check_agreement(workload, curvatures)
+            print(f"{head.name}, batch {batch}: products agree with KLHessian to {difference:.1e} (relative)")
             rows.append(measure_unit(workload, arguments.repeats, arguments.warmup))
-            for name, curvature in operators(workload).items():
+            for name, curvature in curvatures.items():
                 rows.append(measure_operator(workload, name, curvature, arguments.repeats, arguments.warmup))
                 print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
     print(load_average())
