@@ -68,8 +68,10 @@ def result_name(implementation: str, env: str, seed: int) -> str:
     return f"{implementation}__{env.replace('/', '_')}__{seed}"
 
 
-def run_ours(env: str, seed: int, total_steps: int) -> tuple[dict[str, Any], list[tuple[int, float]]]:
-    agent = TRPO(env, seed=seed)
+def run_ours(
+    env: str, seed: int, total_steps: int, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    agent = TRPO(env, seed=seed, **overrides)
     start = time.perf_counter()
     agent.learn(total_steps)
     seconds = time.perf_counter() - start
@@ -89,14 +91,16 @@ def run_ours(env: str, seed: int, total_steps: int) -> tuple[dict[str, Any], lis
     return record, curve
 
 
-def run_sb3(env: str, seed: int, total_steps: int) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+def run_sb3(
+    env: str, seed: int, total_steps: int, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], list[tuple[int, float]]]:
     from sb3_contrib import TRPO as SB3TRPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    settings = dict(SB3_HYPERPARAMETERS.get(env, SB3_HYPERPARAMETERS["mujoco"]))
+    settings = {**SB3_HYPERPARAMETERS.get(env, SB3_HYPERPARAMETERS["mujoco"]), **overrides}
     n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
     train_env = make_vec_env(env, n_envs=n_envs, seed=seed)
     if normalize:
@@ -138,15 +142,18 @@ def run_sb3(env: str, seed: int, total_steps: int) -> tuple[dict[str, Any], list
 RUNNERS = {"ours": run_ours, "sb3": run_sb3}
 
 
-def run_one(results: Path, implementation: str, env: str, seed: int, total_steps: int) -> None:
-    name = result_name(implementation, env, seed)
+def run_one(
+    results: Path, implementation: str, env: str, seed: int, total_steps: int, overrides: dict[str, Any], tag: str
+) -> None:
+    label = f"{implementation}-{tag}" if tag else implementation
+    name = result_name(label, env, seed)
     path = results / f"{name}.json"
     if path.exists():
         print(f"skip {name}: {path.name} exists", flush=True)
         return
     print(f"run  {name}: {total_steps} steps", flush=True)
-    record, curve = RUNNERS[implementation](env, seed, total_steps)
-    record = {"implementation": implementation, "env": env, "seed": seed, "total_steps": total_steps, **record}
+    record, curve = RUNNERS[implementation](env, seed, total_steps, overrides)
+    record = {"implementation": label, "env": env, "seed": seed, "total_steps": total_steps, **record}
     (results / "curves").mkdir(parents=True, exist_ok=True)
     lines = ["global_step,mean_return"] + [f"{step},{value!r}" for step, value in curve]
     atomic_write_text(results / "curves" / f"{name}.csv", "\n".join(lines) + "\n")
@@ -174,14 +181,14 @@ def summarise(results: Path) -> str:
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["env"], record["implementation"], record["total_steps"]), []).append(record)
-    lines = [f"{'env':16s} {'impl':5s} {'steps':>8s} {'seeds':>5s} {'eval mean':>10s} {'target':>8s}  per seed"]
+    lines = [f"{'env':16s} {'impl':14s} {'steps':>8s} {'seeds':>5s} {'eval mean':>10s} {'target':>8s}  per seed"]
     for (env, implementation, steps), group in sorted(groups.items()):
         group.sort(key=lambda r: r["seed"])
         evaluations = [r["eval_mean_return"] for r in group]
         target = TARGETS.get(env)
         per_seed = ", ".join(f"{r['seed']}: {r['eval_mean_return']:.1f}" for r in group)
         lines.append(
-            f"{env:16s} {implementation:5s} {steps:8d} {len(group):5d} {statistics.mean(evaluations):10.1f} "
+            f"{env:16s} {implementation:14s} {steps:8d} {len(group):5d} {statistics.mean(evaluations):10.1f} "
             f"{'' if target is None else f'{target:.0f}':>8s}  {per_seed}"
         )
     for env in sorted({r["env"] for r in records}):
@@ -207,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impl", nargs="+", default=["ours"], choices=list(RUNNERS))
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--smoke", action="store_true", help="two tiny CartPole runs into <results>/tmp")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="NAME=VALUE", help="hyperparameter overrides (JSON values)"
+    )
+    parser.add_argument("--tag", default="", help="suffix for the implementation name of overridden runs")
     args = parser.parse_args(argv)
     if args.smoke:
         args.envs, args.seeds, args.steps, args.results = ["CartPole-v1"], [0, 1], 2048, args.results / "tmp"
@@ -216,12 +227,15 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             print("sb3-contrib is not installed: running ours only", file=sys.stderr)
             args.impl = [impl for impl in args.impl if impl != "sb3"]
+    overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
+    if overrides and not args.tag:
+        parser.error("--set needs --tag, so that overridden runs do not mix with the defaults' results")
     args.results.mkdir(parents=True, exist_ok=True)
     for env in args.envs:
         steps = args.steps or default_total_steps(env)
         for seed in args.seeds:
             for implementation in args.impl:
-                run_one(args.results, implementation, env, seed, steps)
+                run_one(args.results, implementation, env, seed, steps, overrides, args.tag)
                 summarise(args.results)
     print(summarise(args.results))
 
