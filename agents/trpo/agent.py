@@ -219,23 +219,23 @@ class TRPO:
         buffer, envs, actor = self.buffer, self.env_stack.envs, self.actor
         networks = self.rollout_networks()
         sample_actions = actor.rollout_head()
-        num_envs = self.config.num_envs
         for t in range(self.config.n_steps):
             obs = buffer.obs[t]
-            obs[:] = self.obs
-            buffer.valid[t] = ~self.prev_done
+            obs[:] = self.obs.reshape(obs.shape)
             actor_outputs, buffer.values[t] = networks(obs)
             actions = sample_actions(actor_outputs, self.rng)
             buffer.actions[t] = actions
-            next_obs, reward, terminated, truncated, info = envs.step(actor.to_env(actions))
-            buffer.rewards[t] = reward
-            buffer.terminated[t] = terminated
-            buffer.truncated[t] = truncated
-            self.prev_done = terminated | truncated
-            self.obs = next_obs.reshape(num_envs, -1)
+            self.obs, buffer.rewards[t], buffer.terminated[t], buffer.truncated[t], info = envs.step(
+                actor.to_env(actions)
+            )
             if "_episode" in info:
                 self._record_episodes(info)
-        self.global_step += num_envs * self.config.n_steps
+        done = buffer.terminated | buffer.truncated
+        buffer.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
+        buffer.valid[1:] = ~done[:-1]
+        self.prev_done = done[-1].copy()
+        self.obs = self.obs.reshape(self.config.num_envs, -1)
+        self.global_step += self.config.num_envs * self.config.n_steps
         self.last_values = networks(self._as_policy_dtype(self.obs))[1].astype(np.float64)
 
     def rollout_networks(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -306,10 +306,11 @@ class TRPO:
         losses: list[float] = []
         for _ in range(self.config.value_epochs):
             order = torch.randperm(size, generator=self.generator)
+            obs, returns = batch.obs[order], batch.returns[order]  # one gather per epoch; minibatches are views
             epoch_losses = []
             for start in range(0, size, minibatch):
-                index = order[start : start + minibatch]
-                loss = (self.critic(batch.obs[index]) - batch.returns[index]).square().mean()
+                end = start + minibatch
+                loss = (self.critic(obs[start:end]) - returns[start:end]).square().mean()
                 self.value_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.value_optimizer.step()
