@@ -156,8 +156,9 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         "gamma": 0.99,
         "gae_lambda": 0.98,
         "cg_damping": 1e-3,
-        "value_lr": 1e-3,
-        "value_epochs": 20,
+        "fisher_fraction": 0.2,
+        "value_lr": 2e-3,
+        "value_epochs": 10,
         "value_minibatch_size": 256,
     },
     "Pendulum": {
@@ -175,8 +176,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 """Per-environment overrides, keyed by the id without its version (``"Hopper"`` for ``Hopper-v5``).
 
 Adapted from RL-Zoo's TRPO hyperparameters (2 environments, 512- or 1024-step rollouts, GAE
-0.95, 25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample on
-MuJoCo; docs/agents.md lists and explains every entry.
+0.95, 25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample;
+docs/agents.md lists and explains every entry.
 """
 
 
