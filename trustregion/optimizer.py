@@ -209,7 +209,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 f"{controller!r} needs a positive semidefinite curvature (GaussNewton, KLHessian, ...) because its "
                 "region is measured by the operator or unbounded; with Hessian() use TrustRadius(metric='euclidean')"
             )
-        solver_operator = _with_damping(operator, damping)
+        solver_operator = operator.shifted(damping)
         extra = {"damping": damping} if damping else {}
         rejected = _rejection(loss_value)
         if gradient_norm <= controller.gtol:
@@ -377,17 +377,6 @@ def _rejection(loss_value: float) -> Callable[..., StepResult]:
         )
 
     return rejected
-
-
-def _with_damping(operator: LinearOperator, damping: float) -> LinearOperator:
-    """``A + μI`` sharing ``A``'s product count (``A`` itself when ``μ = 0``)."""
-    if damping == 0.0:
-        return operator
-    return LinearOperator(
-        lambda vector: operator(vector).add(vector, alpha=damping),
-        operator.dim,
-        positive_semidefinite=operator.positive_semidefinite,
-    )
 
 
 def _pull_back(solve: SolverResult, region: TrustRegion) -> tuple[SolverResult, float]:

@@ -60,6 +60,16 @@ class LinearOperator:
             positive_semidefinite=self.positive_semidefinite,
         )
 
+    def shifted(self, damping: float) -> LinearOperator:
+        """``v -> A v + λ v``, sharing this operator's product count (``self`` when ``λ = 0``)."""
+        if damping == 0.0:
+            return self
+        return LinearOperator(
+            lambda vector: self(vector).add(vector, alpha=damping),
+            self.dim,
+            positive_semidefinite=self.positive_semidefinite,
+        )
+
     def dense(self, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
         """The ``n × n`` matrix, one product per column (for tests and tiny problems)."""
         eye = torch.eye(self.dim, dtype=dtype, device=device)

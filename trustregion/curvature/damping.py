@@ -29,17 +29,7 @@ class Damped(Curvature):
         self.needs_loss_graph = curvature.needs_loss_graph
 
     def build(self, problem: StepProblem) -> LinearOperator:
-        inner = self.curvature.build(problem)
-        damping = self.damping
-
-        def damped_product(vector):
-            return inner(vector).add(vector, alpha=damping)
-
-        return LinearOperator(
-            damped_product,
-            inner.dim,
-            positive_semidefinite=inner.positive_semidefinite,
-        )
+        return self.curvature.build(problem).shifted(self.damping)
 
     def __repr__(self) -> str:
         return f"Damped({self.curvature!r}, damping={self.damping})"
