@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from trustregion.curvature.base import LinearOperator
-from trustregion.result import SolverResult
+from trustregion.result import SolverReason, SolverResult
 
 Metric = Literal["euclidean", "operator"]
 METRICS: tuple[str, ...] = ("euclidean", "operator")
@@ -77,3 +77,33 @@ class Solver(abc.ABC):
         the boundary.
         """
         return self(operator, rhs)
+
+
+def solver_result(
+    solution: Tensor,
+    rhs: Tensor,
+    residual: Tensor,
+    reason: SolverReason,
+    iterations: int,
+    products: int,
+    rhs_norm: float,
+) -> SolverResult:
+    """The :class:`SolverResult` of ``solution`` from its residual ``r = rhs - A·solution``.
+
+    ``sᵀAs = sᵀ(rhs - r)`` and ``rhsᵀs`` cost two dot products, no curvature product;
+    the three scalars are read back in one device synchronisation.
+    """
+    gradient_dot = rhs @ solution
+    curvature = gradient_dot - residual @ solution
+    residual_norm, gradient_dot_value, curvature_value = torch.stack(
+        [torch.linalg.vector_norm(residual), gradient_dot, curvature]
+    ).tolist()
+    return SolverResult(
+        direction=solution,
+        reason=reason,
+        iterations=iterations,
+        products=products,
+        relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
+        curvature=curvature_value,
+        gradient_dot=gradient_dot_value,
+    )

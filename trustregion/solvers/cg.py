@@ -10,7 +10,7 @@ from torch import Tensor
 
 from trustregion.curvature.base import LinearOperator
 from trustregion.result import SolverReason, SolverResult
-from trustregion.solvers.base import Solver
+from trustregion.solvers.base import Solver, solver_result
 
 Preconditioner = Callable[[Tensor], Tensor]
 
@@ -58,7 +58,7 @@ class ConjugateGradient(Solver):
         residual = rhs.clone()
         rhs_norm = torch.linalg.vector_norm(rhs).item()
         if rhs_norm == 0.0:
-            return _result(solution, rhs, residual, SolverReason.ZERO_RHS, 0, 0, rhs_norm)
+            return solver_result(solution, rhs, residual, SolverReason.ZERO_RHS, 0, 0, rhs_norm)
         preconditioned = precondition(residual)
         direction = preconditioned.clone()
         residual_dot = residual @ preconditioned
@@ -86,32 +86,7 @@ class ConjugateGradient(Solver):
             new_residual_dot = residual @ preconditioned
             direction = preconditioned + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
-        return _result(solution, rhs, residual, reason, iterations, products, rhs_norm)
+        return solver_result(solution, rhs, residual, reason, iterations, products, rhs_norm)
 
     def __repr__(self) -> str:
         return f"ConjugateGradient(max_iter={self.max_iter}, tol={self.tol:g})"
-
-
-def _result(
-    solution: Tensor,
-    rhs: Tensor,
-    residual: Tensor,
-    reason: SolverReason,
-    iterations: int,
-    products: int,
-    rhs_norm: float,
-) -> SolverResult:
-    gradient_dot = rhs @ solution
-    curvature = gradient_dot - residual @ solution
-    residual_norm, gradient_dot_value, curvature_value = torch.stack(
-        [torch.linalg.vector_norm(residual), gradient_dot, curvature]
-    ).tolist()
-    return SolverResult(
-        direction=solution,
-        reason=reason,
-        iterations=iterations,
-        products=products,
-        relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
-        curvature=curvature_value,
-        gradient_dot=gradient_dot_value,
-    )

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from trustregion.curvature.base import LinearOperator
 from trustregion.result import SolverReason, SolverResult
-from trustregion.solvers.base import Solver, TrustRegion
+from trustregion.solvers.base import Solver, TrustRegion, solver_result
 
 _UNBOUNDED = TrustRegion(math.inf)
 
@@ -77,7 +77,7 @@ class SteihaugCG(Solver):
         solution = torch.zeros_like(rhs)
         if rhs_norm == 0.0 or not math.isfinite(rhs_norm):
             reason = SolverReason.ZERO_RHS if rhs_norm == 0.0 else SolverReason.NONFINITE
-            return _result(solution, rhs, torch.zeros_like(rhs), reason, 0, 0, rhs_norm)
+            return solver_result(solution, rhs, rhs.clone(), reason, 0, 0, rhs_norm)
         tolerance = (min(0.5, math.sqrt(rhs_norm)) if self.tol is None else self.tol) * rhs_norm
         boundary = _Boundary(region)
         residual = rhs.clone()
@@ -92,12 +92,12 @@ class SteihaugCG(Solver):
             ).tolist()
             if not (math.isfinite(curvature) and torch.isfinite(product).all()):
                 reason = SolverReason.NONFINITE
-                return _result(solution, rhs, rhs - residual, reason, iterations, iterations + 1, rhs_norm)
+                return solver_result(solution, rhs, residual, reason, iterations, iterations + 1, rhs_norm)
             if curvature <= 0.0:
                 choose = boundary.negative_curvature_crossing(solution, direction, solution_product, curvature)
                 if choose is None:  # no bounded ball along p: keep s_k, as plain CG does
                     reason = SolverReason.NEGATIVE_CURVATURE
-                    return _result(solution, rhs, rhs - residual, reason, iterations, iterations + 1, rhs_norm)
+                    return solver_result(solution, rhs, residual, reason, iterations, iterations + 1, rhs_norm)
                 tau = choose(residual_direction)
                 move = (solution, direction, product, residual, tau)
                 return _crossing_result(move, rhs, SolverReason.NEGATIVE_CURVATURE, iterations + 1, rhs_norm)
@@ -112,10 +112,10 @@ class SteihaugCG(Solver):
             iterations += 1
             new_residual_dot = (residual @ residual).item()
             if math.sqrt(new_residual_dot) < tolerance:
-                return _result(solution, rhs, rhs - residual, SolverReason.CONVERGED, iterations, iterations, rhs_norm)
+                return solver_result(solution, rhs, residual, SolverReason.CONVERGED, iterations, iterations, rhs_norm)
             direction = residual + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
-        return _result(solution, rhs, rhs - residual, SolverReason.MAX_ITERATIONS, iterations, iterations, rhs_norm)
+        return solver_result(solution, rhs, residual, SolverReason.MAX_ITERATIONS, iterations, iterations, rhs_norm)
 
     def __repr__(self) -> str:
         return f"SteihaugCG(max_iter={self.max_iter}, tol={self.tol})"
@@ -194,31 +194,7 @@ def _crossing_result(
     iterations: int,
     rhs_norm: float,
 ) -> SolverResult:
-    """``s + τp`` on the boundary, with ``A(s + τp) = (g - r) + τ Ap`` (no further product)."""
+    """``s + τp`` on the boundary, with residual ``g - A(s + τp) = r - τ Ap`` (no further product)."""
     solution, direction, product, residual, tau = move
     step = solution + tau * direction
-    step_product = rhs - residual + tau * product
-    return _result(step, rhs, step_product, reason, iterations, iterations, rhs_norm)
-
-
-def _result(
-    step: Tensor,
-    rhs: Tensor,
-    step_product: Tensor,
-    reason: SolverReason,
-    iterations: int,
-    products: int,
-    rhs_norm: float,
-) -> SolverResult:
-    residual_norm, gradient_dot, curvature = torch.stack(
-        [torch.linalg.vector_norm(rhs - step_product), rhs @ step, step @ step_product]
-    ).tolist()
-    return SolverResult(
-        direction=step,
-        reason=reason,
-        iterations=iterations,
-        products=products,
-        relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
-        curvature=curvature,
-        gradient_dot=gradient_dot,
-    )
+    return solver_result(step, rhs, residual - tau * product, reason, iterations, iterations, rhs_norm)
