@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from agents import TRPO
-from agents.common.rollout import compute_gae, make_batch
 
 
 @dataclass(frozen=True)
@@ -113,19 +112,7 @@ def ours_steps_per_second(setting: Setting, options: dict[str, Any], steps: int,
 def ours_policy_update_seconds(setting: Setting, options: dict[str, Any], repeats: int) -> float:
     agent = TRPO(setting.env, seed=0, **options)
     agent.learn(agent.config.batch_size)  # past the first iteration: statistics and critic warmed up
-    agent.collect_rollout()
-    buffer, config = agent.buffer, agent.config
-    advantages, returns = compute_gae(
-        buffer.rewards,
-        buffer.values,
-        buffer.terminated,
-        buffer.truncated,
-        buffer.valid,
-        agent.last_values,
-        config.gamma,
-        config.gae_lambda,
-    )
-    batch = make_batch(buffer, advantages, returns, agent.dtype)
+    batch = agent.rollout_batch()
     saved = copy.deepcopy(agent.actor.state_dict())
     generator = agent.generator.get_state()
     times = []

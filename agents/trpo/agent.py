@@ -182,18 +182,7 @@ class TRPO:
     def train_iteration(self) -> dict[str, Any]:
         """One iteration: rollout, GAE, policy step, critic epochs. Returns the logged metrics."""
         start = time.perf_counter()
-        self.collect_rollout()
-        advantages, returns = compute_gae(
-            self.buffer.rewards,
-            self.buffer.values,
-            self.buffer.terminated,
-            self.buffer.truncated,
-            self.buffer.valid,
-            self.last_values,
-            self.config.gamma,
-            self.config.gae_lambda,
-        )
-        batch = make_batch(self.buffer, advantages, returns, self.dtype)
+        batch = self.rollout_batch()
         rollout_done = time.perf_counter()
         step = self.update_policy(batch)
         policy_done = time.perf_counter()
@@ -209,6 +198,22 @@ class TRPO:
         )
         self.history.append(metrics)
         return metrics
+
+    def rollout_batch(self) -> Batch:
+        """Collect one rollout and turn it into a training batch with GAE advantages and returns."""
+        self.collect_rollout()
+        buffer, config = self.buffer, self.config
+        advantages, returns = compute_gae(
+            buffer.rewards,
+            buffer.values,
+            buffer.terminated,
+            buffer.truncated,
+            buffer.valid,
+            self.last_values,
+            config.gamma,
+            config.gae_lambda,
+        )
+        return make_batch(buffer, advantages, returns, self.dtype)
 
     def collect_rollout(self) -> None:
         """Fill the buffer with ``n_steps`` vector steps; ``prev_done`` marks autoreset transitions invalid.

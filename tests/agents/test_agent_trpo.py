@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from agents import NPG, TRPO
-from agents.common.rollout import compute_gae, make_batch
 
 SMALL = {"n_steps": 128, "hidden_sizes": (16, 16)}
 
@@ -27,19 +26,7 @@ def assert_same(first, second):
 
 
 def rollout_batch(agent):
-    agent.collect_rollout()
-    buffer, config = agent.buffer, agent.config
-    advantages, returns = compute_gae(
-        buffer.rewards,
-        buffer.values,
-        buffer.terminated,
-        buffer.truncated,
-        buffer.valid,
-        agent.last_values,
-        config.gamma,
-        config.gae_lambda,
-    )
-    return make_batch(buffer, advantages, returns, agent.dtype)
+    return agent.rollout_batch()
 
 
 def test_cartpole_learns():
