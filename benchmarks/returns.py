@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
 from agents.common.checkpoint import atomic_write_text
@@ -35,33 +36,6 @@ from agents.common.logs import plot_curves
 HERE = Path(__file__).resolve().parent
 EVAL_EPISODES = 10
 TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Hopper-v5": 3400.0, "HalfCheetah-v5": 2000.0}
-SB3_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": {
-        "n_envs": 2,
-        "normalize": False,
-        "n_steps": 512,
-        "batch_size": 512,
-        "cg_damping": 1e-3,
-        "gae_lambda": 0.98,
-        "gamma": 0.99,
-        "learning_rate": 1e-3,
-        "n_critic_updates": 20,
-    },
-    "Pendulum-v1": {"n_envs": 2, "normalize": False, "n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15},
-    "mujoco": {
-        "n_envs": 2,
-        "normalize": True,
-        "batch_size": 128,
-        "n_steps": 1024,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "sub_sampling_factor": 1,
-        "cg_max_steps": 25,
-        "cg_damping": 0.1,
-        "n_critic_updates": 20,
-        "learning_rate": 1e-3,
-    },
-}
 
 
 def result_name(implementation: str, env: str, seed: int) -> str:
@@ -100,7 +74,7 @@ def run_sb3(
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
 
-    settings = {**SB3_HYPERPARAMETERS.get(env, SB3_HYPERPARAMETERS["mujoco"]), **overrides}
+    settings = {**rl_zoo_trpo(env), **overrides}
     n_envs, normalize = settings.pop("n_envs"), settings.pop("normalize")
     train_env = make_vec_env(env, n_envs=n_envs, seed=seed)
     if normalize:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
 
@@ -41,38 +42,13 @@ class Setting:
     normalize: bool
 
 
-SETTINGS = {
-    "CartPole-v1": Setting(
-        "CartPole-v1",
-        2,
-        512,
-        {
-            "batch_size": 512,
-            "cg_damping": 1e-3,
-            "gae_lambda": 0.98,
-            "gamma": 0.99,
-            "learning_rate": 1e-3,
-            "n_critic_updates": 20,
-        },
-        normalize=False,
-    ),
-    "Hopper-v5": Setting(
-        "Hopper-v5",
-        2,
-        1024,
-        {
-            "batch_size": 128,
-            "gamma": 0.99,
-            "gae_lambda": 0.95,
-            "sub_sampling_factor": 1,
-            "cg_max_steps": 25,
-            "cg_damping": 0.1,
-            "n_critic_updates": 20,
-            "learning_rate": 1e-3,
-        },
-        normalize=True,
-    ),
-}
+def rl_zoo_setting(env: str) -> Setting:
+    sb3 = rl_zoo_trpo(env)
+    n_envs, n_steps, normalize = sb3.pop("n_envs"), sb3.pop("n_steps"), sb3.pop("normalize")
+    return Setting(env, n_envs, n_steps, sb3, normalize=normalize)
+
+
+SETTINGS = {env: rl_zoo_setting(env) for env in ("CartPole-v1", "Hopper-v5")}
 SB3_CG_DEFAULT = 15
 
 
