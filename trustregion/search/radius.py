@@ -115,7 +115,8 @@ class LevenbergMarquardt(RadiusController):
     Args:
         initial_damping: ``μ₀ > 0``.
         eta: acceptance threshold ``η ∈ [0, 1/4)`` (default ``0``: any decrease).
-        min_damping, max_damping: the bounds of ``μ``.
+        min_damping: lower bound of ``μ``.
+        max_damping: upper bound of ``μ``.
         gtol: first-order tolerance on ``‖∇loss‖`` (see :class:`RadiusController`).
     """
 
