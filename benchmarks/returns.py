@@ -31,27 +31,40 @@ from rl_zoo import rl_zoo_trpo
 from agents import TRPO
 from agents.common.checkpoint import atomic_write_text
 from agents.common.cli import default_total_steps
-from agents.common.logs import plot_curves
 
 HERE = Path(__file__).resolve().parent
 EVAL_EPISODES = 10
 TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Hopper-v5": 3400.0, "HalfCheetah-v5": 2000.0}
+"""Final deterministic-evaluation targets (the TRPO agent issue's acceptance numbers)."""
+THRESHOLDS = {
+    "CartPole-v1": 475.0,
+    "Pendulum-v1": -200.0,
+    "Hopper-v5": 2000.0,
+    "HalfCheetah-v5": 1500.0,
+    "Walker2d-v5": 2000.0,
+}
+"""Training-return levels for "time to threshold": the first point where the mean return of the
+last 100 training episodes reaches the level, in environment steps and in training seconds."""
+
+Curve = list[tuple[int, float, float]]
+"""Learning-curve points ``(environment steps, training seconds so far, mean training return)``."""
 
 
 def result_name(implementation: str, env: str, seed: int) -> str:
     return f"{implementation}__{env.replace('/', '_')}__{seed}"
 
 
-def run_ours(
-    env: str, seed: int, total_steps: int, overrides: dict[str, Any]
-) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+def run_ours(env: str, seed: int, total_steps: int, overrides: dict[str, Any]) -> tuple[dict[str, Any], Curve]:
     agent = TRPO(env, seed=seed, **overrides)
     start = time.perf_counter()
     agent.learn(total_steps)
     seconds = time.perf_counter() - start
     evaluation = agent.evaluate(EVAL_EPISODES)
     agent.close()
-    curve = [(row["global_step"], row["mean_return"]) for row in agent.history]
+    curve, elapsed = [], 0.0
+    for row in agent.history:
+        elapsed += row["rollout_seconds"] + row["policy_seconds"] + row["value_seconds"]
+        curve.append((row["global_step"], elapsed, row["mean_return"]))
     record = {
         "steps": agent.global_step,
         "train_seconds": seconds,
@@ -65,9 +78,7 @@ def run_ours(
     return record, curve
 
 
-def run_sb3(
-    env: str, seed: int, total_steps: int, overrides: dict[str, Any]
-) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+def run_sb3(env: str, seed: int, total_steps: int, overrides: dict[str, Any]) -> tuple[dict[str, Any], Curve]:
     from sb3_contrib import TRPO as SB3TRPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -79,19 +90,23 @@ def run_sb3(
     train_env = make_vec_env(env, n_envs=n_envs, seed=seed)
     if normalize:
         train_env = VecNormalize(train_env, gamma=settings.get("gamma", 0.99))
-    curve: list[tuple[int, float]] = []
+    curve: Curve = []
 
-    class Curve(BaseCallback):
+    class RecordCurve(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.start = time.perf_counter()
+
         def _on_step(self) -> bool:
             return True
 
         def _on_rollout_end(self) -> None:
             returns = [info["r"] for info in self.model.ep_info_buffer]
-            curve.append((self.model.num_timesteps, float(np.mean(returns)) if returns else math.nan))
+            mean_return = float(np.mean(returns)) if returns else math.nan
+            curve.append((self.model.num_timesteps, time.perf_counter() - self.start, mean_return))
 
     model = SB3TRPO("MlpPolicy", train_env, seed=seed, device="cpu", verbose=0, **settings)
     start = time.perf_counter()
-    model.learn(total_steps, callback=Curve())
+    model.learn(total_steps, callback=RecordCurve())
     seconds = time.perf_counter() - start
     eval_env = make_vec_env(env, n_envs=1, seed=seed + 10_000)
     if normalize:
@@ -104,7 +119,7 @@ def run_sb3(
         "steps": model.num_timesteps,
         "train_seconds": seconds,
         "steps_per_second": model.num_timesteps / seconds,
-        "final_train_mean_return": curve[-1][1] if curve else math.nan,
+        "final_train_mean_return": curve[-1][2] if curve else math.nan,
         "eval_mean_return": float(np.mean(returns)),
         "eval_std_return": float(np.std(returns)),
         "eval_returns": [float(r) for r in returns],
@@ -129,7 +144,7 @@ def run_one(
     record, curve = RUNNERS[implementation](env, seed, total_steps, overrides)
     record = {"implementation": label, "env": env, "seed": seed, "total_steps": total_steps, **record}
     (results / "curves").mkdir(parents=True, exist_ok=True)
-    lines = ["global_step,mean_return"] + [f"{step},{value!r}" for step, value in curve]
+    lines = ["global_step,seconds,mean_return"] + [f"{step},{seconds!r},{value!r}" for step, seconds, value in curve]
     atomic_write_text(results / "curves" / f"{name}.csv", "\n".join(lines) + "\n")
     atomic_write_text(path, json.dumps(record, indent=2))
     print(
@@ -143,38 +158,91 @@ def load_results(results: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted(results.glob("*__*__*.json"))]
 
 
-def read_curve(path: Path) -> tuple[list[int], list[float]]:
-    lines = path.read_text().splitlines()[1:]
-    steps = [int(line.split(",")[0]) for line in lines]
-    values = [float(line.split(",")[1]) for line in lines]
-    return steps, values
+def read_curve(path: Path) -> np.ndarray:
+    """A curve CSV as an array of rows ``(steps, seconds, mean return)``; seconds are NaN in
+    curves written before the time column existed (``global_step,mean_return``)."""
+    header, *lines = path.read_text().splitlines()
+    rows = np.array([line.split(",") for line in lines], dtype=np.float64).reshape(len(lines), -1)
+    if header.split(",") == ["global_step", "mean_return"]:
+        rows = np.column_stack([rows[:, 0], np.full(len(rows), math.nan), rows[:, 1]])
+    return rows
+
+
+def first_crossing(curve: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Steps and seconds at the first point whose training return reaches ``threshold`` (NaN if none)."""
+    reached = np.flatnonzero(curve[:, 2] >= threshold)
+    return (curve[reached[0], 0], curve[reached[0], 1]) if reached.size else (math.nan, math.nan)
+
+
+def mean_and_spread(curves: list[np.ndarray], column: int, points: int = 200) -> tuple[np.ndarray, ...]:
+    """Mean, minimum and maximum across seeds of the return against ``column`` (0 steps, 1 seconds)."""
+    end = min(curve[-1, column] for curve in curves)
+    grid = np.linspace(max(curve[0, column] for curve in curves), end, points)
+    values = np.array([np.interp(grid, curve[:, column], curve[:, 2]) for curve in curves])
+    return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def plot_environment(env: str, curves: dict[str, list[np.ndarray]], png_path: Path) -> None:
+    """Training return against environment steps and against training seconds, mean and range over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for implementation, seeds in sorted(curves.items()):
+        seeds = [curve[np.isfinite(curve[:, 2])] for curve in seeds]
+        seeds = [curve for curve in seeds if len(curve) > 1]
+        if not seeds:
+            continue
+        for axis, column in zip(axes, (0, 1), strict=True):
+            timed = [curve for curve in seeds if np.isfinite(curve[:, column]).all()]
+            if not timed:
+                continue
+            grid, mean, low, high = mean_and_spread(timed, column)
+            (line,) = axis.plot(grid, mean, label=f"{implementation} ({len(timed)} seeds)")
+            axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
+    for axis, label in zip(axes, ("environment steps", "training seconds"), strict=True):
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("training return (mean of the last 100 episodes)")
+    axes[0].legend(loc="lower right", fontsize="small")
+    figure.suptitle(f"TRPO {env}: mean over seeds, shaded from the worst to the best seed")
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
 
 
 def summarise(results: Path) -> str:
-    records = load_results(results)
+    """Write ``summary.txt`` and one PNG per environment; return the table."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for record in records:
+    for record in load_results(results):
         groups.setdefault((record["env"], record["implementation"], record["total_steps"]), []).append(record)
-    lines = [f"{'env':16s} {'impl':14s} {'steps':>8s} {'seeds':>5s} {'eval mean':>10s} {'target':>8s}  per seed"]
+    header = (
+        f"{'env':15s} {'impl':18s} {'steps':>8s} {'seeds':>5s} {'eval mean ± std':>17s} {'target':>7s} "
+        f"{'steps/s':>8s} {'threshold':>9s} {'reached':>7s} {'at steps':>9s} {'at s':>6s}  eval per seed"
+    )
+    lines, plots = [header], {}
     for (env, implementation, steps), group in sorted(groups.items()):
         group.sort(key=lambda r: r["seed"])
         evaluations = [r["eval_mean_return"] for r in group]
+        spread = statistics.stdev(evaluations) if len(evaluations) > 1 else 0.0
+        curves = [read_curve(results / "curves" / f"{result_name(implementation, env, r['seed'])}.csv") for r in group]
+        plots.setdefault(env, {})[implementation] = curves
+        threshold = THRESHOLDS.get(env, math.nan)
+        crossings = np.array([first_crossing(curve, threshold) for curve in curves])
+        reached = np.isfinite(crossings[:, 0])
+        at_steps, at_seconds = crossings[reached].mean(axis=0) if reached.any() else (math.nan, math.nan)
         target = TARGETS.get(env)
-        per_seed = ", ".join(f"{r['seed']}: {r['eval_mean_return']:.1f}" for r in group)
         lines.append(
-            f"{env:16s} {implementation:14s} {steps:8d} {len(group):5d} {statistics.mean(evaluations):10.1f} "
-            f"{'' if target is None else f'{target:.0f}':>8s}  {per_seed}"
+            f"{env:15s} {implementation:18s} {steps:8d} {len(group):5d} "
+            f"{statistics.mean(evaluations):8.1f} ± {spread:6.1f} {'' if target is None else f'{target:.0f}':>7s} "
+            f"{statistics.mean(r['steps_per_second'] for r in group):8.0f} {threshold:9.0f} "
+            f"{reached.sum():3d}/{len(group):<3d} {at_steps:9.0f} {at_seconds:6.0f}  "
+            + ", ".join(f"{r['eval_mean_return']:.1f}" for r in group)
         )
-    for env in sorted({r["env"] for r in records}):
-        curves = []
-        for record in sorted(records, key=lambda r: (r["implementation"], r["seed"])):
-            if record["env"] != env:
-                continue
-            name = result_name(record["implementation"], env, record["seed"])
-            curve_path = results / "curves" / f"{name}.csv"
-            if curve_path.exists():
-                curves.append((f"{record['implementation']} seed {record['seed']}", *read_curve(curve_path)))
-        plot_curves(curves, str(results / f"{env.replace('/', '_')}.png"), f"TRPO {env}: training return")
+    for env, curves in plots.items():
+        plot_environment(env, curves, results / f"{env.replace('/', '_')}.png")
     table = "\n".join(lines)
     atomic_write_text(results / "summary.txt", table + "\n")
     return table

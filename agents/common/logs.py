@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,23 +135,3 @@ def plot_learning_curve(
     figure.savefig(temporary, dpi=100)
     plt.close(figure)
     os.replace(temporary, png_path)
-
-
-def plot_curves(curves: Sequence[tuple[str, Sequence[int], Sequence[float]]], png_path: str, title: str) -> None:
-    """Several labelled learning curves on one axis (used by the benchmark scripts)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for label, steps, returns in curves:
-        axis.plot(steps, returns, label=label)
-    axis.set_xlabel("environment steps")
-    axis.set_ylabel("episode return")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
-    plt.close(figure)
