@@ -11,7 +11,8 @@ against the targets are written after every run.
     python benchmarks/returns.py --smoke     # CI: two tiny CartPole runs into results/tmp/
 
 Ours uses its per-environment defaults (docs/agents.md); sb3-contrib uses RL-Zoo's TRPO
-hyperparameters for the environment, as in benchmarks/throughput.py.
+hyperparameters for the environment, as in benchmarks/throughput.py. Both run on one thread, and
+the learning curves' time axis is CPU seconds, so several sweeps can share a machine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
@@ -47,7 +49,11 @@ THRESHOLDS = {
 last 100 training episodes reaches the level, in environment steps and in training seconds."""
 
 Curve = list[tuple[int, float, float]]
-"""Learning-curve points ``(environment steps, training seconds so far, mean training return)``."""
+"""Learning-curve points ``(environment steps, training seconds so far, mean training return)``.
+
+Training seconds are the process's CPU time (``time.process_time``). Runs are single-threaded
+(``OMP_NUM_THREADS=1``, and our ``torch_threads=1``), so on an idle core this is the wall-clock
+time, and it stays comparable when several runs share the machine."""
 
 
 def result_name(implementation: str, env: str, seed: int) -> str:
@@ -56,20 +62,20 @@ def result_name(implementation: str, env: str, seed: int) -> str:
 
 def run_ours(env: str, seed: int, total_steps: int, overrides: dict[str, Any]) -> tuple[dict[str, Any], Curve]:
     agent = TRPO(env, seed=seed, **overrides)
-    start = time.perf_counter()
-    agent.learn(total_steps)
+    curve: Curve = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while agent.global_step < total_steps:
+        metrics = agent.train_iteration()
+        curve.append((agent.global_step, time.process_time() - cpu_start, metrics["mean_return"]))
     seconds = time.perf_counter() - start
     evaluation = agent.evaluate(EVAL_EPISODES)
     agent.close()
-    curve, elapsed = [], 0.0
-    for row in agent.history:
-        elapsed += row["rollout_seconds"] + row["policy_seconds"] + row["value_seconds"]
-        curve.append((row["global_step"], elapsed, row["mean_return"]))
     record = {
         "steps": agent.global_step,
         "train_seconds": seconds,
+        "train_cpu_seconds": curve[-1][1] if curve else 0.0,
         "steps_per_second": agent.global_step / seconds,
-        "final_train_mean_return": agent.history[-1]["mean_return"] if agent.history else math.nan,
+        "final_train_mean_return": curve[-1][2] if curve else math.nan,
         "eval_mean_return": evaluation["mean_return"],
         "eval_std_return": evaluation["std_return"],
         "eval_returns": evaluation["returns"],
@@ -94,7 +100,7 @@ def run_sb3(env: str, seed: int, total_steps: int, overrides: dict[str, Any]) ->
 
     class RecordCurve(BaseCallback):
         def _on_training_start(self) -> None:
-            self.start = time.perf_counter()
+            self.cpu_start = time.process_time()
 
         def _on_step(self) -> bool:
             return True
@@ -102,7 +108,7 @@ def run_sb3(env: str, seed: int, total_steps: int, overrides: dict[str, Any]) ->
         def _on_rollout_end(self) -> None:
             returns = [info["r"] for info in self.model.ep_info_buffer]
             mean_return = float(np.mean(returns)) if returns else math.nan
-            curve.append((self.model.num_timesteps, time.perf_counter() - self.start, mean_return))
+            curve.append((self.model.num_timesteps, time.process_time() - self.cpu_start, mean_return))
 
     model = SB3TRPO("MlpPolicy", train_env, seed=seed, device="cpu", verbose=0, **settings)
     start = time.perf_counter()
@@ -118,6 +124,7 @@ def run_sb3(env: str, seed: int, total_steps: int, overrides: dict[str, Any]) ->
     record = {
         "steps": model.num_timesteps,
         "train_seconds": seconds,
+        "train_cpu_seconds": curve[-1][1] if curve else 0.0,
         "steps_per_second": model.num_timesteps / seconds,
         "final_train_mean_return": curve[-1][2] if curve else math.nan,
         "eval_mean_return": float(np.mean(returns)),
@@ -202,7 +209,7 @@ def plot_environment(env: str, curves: dict[str, list[np.ndarray]], png_path: Pa
             grid, mean, low, high = mean_and_spread(timed, column)
             (line,) = axis.plot(grid, mean, label=f"{implementation} ({len(timed)} seeds)")
             axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
-    for axis, label in zip(axes, ("environment steps", "training seconds"), strict=True):
+    for axis, label in zip(axes, ("environment steps", "training CPU seconds (one thread)"), strict=True):
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("training return (mean of the last 100 episodes)")
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tag", default="", help="suffix for the implementation name of overridden runs")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # both implementations single-threaded: CPU seconds comparable
     if args.smoke:
         args.envs, args.seeds, args.steps, args.results = ["CartPole-v1"], [0, 1], 2048, args.results / "tmp"
     if "sb3" in args.impl:

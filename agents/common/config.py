@@ -32,6 +32,8 @@ class TRPOConfig:
     gae_lambda: float = 0.95
     normalize_obs: bool = False
     normalize_reward: bool = False
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
     # policy step
     max_kl: float = 0.01
     line_search: bool = True
@@ -83,6 +85,10 @@ class TRPOConfig:
         _integer("eval_episodes", self.eval_episodes, 1)
         _interval("gamma", self.gamma, 0.0, 1.0, "the discount factor, e.g. 0.99")
         _interval("gae_lambda", self.gae_lambda, 0.0, 1.0, "GAE's λ, e.g. 0.95")
+        for name in ("clip_obs", "clip_reward"):
+            _interval(name, getattr(self, name), 0.0, math.inf, "a bound > 0 such as 10.0; inf disables the clip")
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name} must be > 0 (got 0); a bound such as 10.0, or inf to disable the clip")
         _positive("max_kl", self.max_kl, "the trust-region radius δ; TRPO uses 0.01")
         _interval("backtrack_ratio", self.backtrack_ratio, 0.0, 1.0, "the shrink factor, e.g. 0.8", open_ends=True)
         _interval("cg_damping", self.cg_damping, 0.0, math.inf, "Tikhonov damping λ, e.g. 0.1")
@@ -146,7 +152,6 @@ _MUJOCO = {
     "value_lr": 1e-3,
     "value_epochs": 10,
     "value_minibatch_size": 256,
-    "fisher_fraction": 0.2,
 }
 
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -176,7 +181,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 """Per-environment overrides, keyed by the id without its version (``"Hopper"`` for ``Hopper-v5``).
 
 Adapted from RL-Zoo's TRPO hyperparameters (2 environments, 512- or 1024-step rollouts, GAE
-0.95, 25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample;
+0.95, 25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample on CartPole;
 docs/agents.md lists and explains every entry.
 """
 

@@ -4,8 +4,14 @@ Wrapper stack, innermost first::
 
     gymnasium.make_vec(env, num_envs, vectorization_mode)   # each sub-env wrapped in EnvSnapshot
       -> RecordEpisodeStatistics   (true returns and lengths, before any scaling)
-      -> NormalizeObservation      (optional, running mean/std of observations)
-      -> NormalizeReward           (optional, scales rewards by the std of a discounted return)
+      -> NormalizeObservation      (optional, running mean/std of observations,
+                                    then clipped to ±clip_obs)
+      -> NormalizeReward           (optional, scales rewards by the std of a discounted return,
+                                    then clipped to ±clip_reward)
+
+The clips are those of Stable-Baselines3's ``VecNormalize`` (10 by default): early in training the
+running statistics are poor, and a rare state many standard deviations out would otherwise feed
+the networks (and the critic's targets) an outlier.
 
 Gymnasium 1.x autoresets on the *next* step: the step that returns ``terminated`` or
 ``truncated`` also returns the true final observation, and the following ``step`` ignores its
@@ -22,7 +28,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.wrappers.vector import NormalizeObservation, NormalizeReward, RecordEpisodeStatistics
+from gymnasium.wrappers.vector import (
+    ClipReward,
+    NormalizeObservation,
+    NormalizeReward,
+    RecordEpisodeStatistics,
+    TransformObservation,
+)
 
 _STATIC_ATTRIBUTES = frozenset(
     {
@@ -190,6 +202,8 @@ def make_env_stack(
     normalize_obs: bool = False,
     normalize_reward: bool = False,
     gamma: float = 0.99,
+    clip_obs: float = 10.0,
+    clip_reward: float = 10.0,
 ) -> EnvStack:
     """Build the training vector environment (not yet reset)."""
     envs = gym.make_vec(
@@ -207,8 +221,10 @@ def make_env_stack(
     obs_normalizer = reward_normalizer = None
     if normalize_obs:
         wrapped = obs_normalizer = NormalizeObservation(wrapped)
+        wrapped = TransformObservation(wrapped, lambda obs: np.clip(obs, -clip_obs, clip_obs))
     if normalize_reward:
         wrapped = reward_normalizer = NormalizeReward(wrapped, gamma=gamma)
+        wrapped = ClipReward(wrapped, -clip_reward, clip_reward)
     return EnvStack(wrapped, envs, episode_statistics, obs_normalizer, reward_normalizer)
 
 

@@ -90,6 +90,8 @@ class TRPO:
             normalize_obs=config.normalize_obs,
             normalize_reward=config.normalize_reward,
             gamma=config.gamma,
+            clip_obs=config.clip_obs,
+            clip_reward=config.clip_reward,
         )
         envs = self.env_stack.envs
         try:
@@ -357,12 +359,12 @@ class TRPO:
         return obs if obs.dtype == numpy_dtype else obs.astype(numpy_dtype)
 
     def normalize_observation(self, obs: np.ndarray) -> np.ndarray:
-        """Raw observations as the policy sees them (frozen training statistics, as NormalizeObservation does)."""
+        """Raw observations as the policy sees them: frozen training statistics, clipped to ``±clip_obs``."""
         normalizer = self.env_stack.obs_normalizer
         if normalizer is None:
             return obs
-        rms = normalizer.obs_rms
-        return ((obs - rms.mean) / np.sqrt(rms.var + normalizer.epsilon)).astype(np.float32)
+        rms, clip = normalizer.obs_rms, self.config.clip_obs
+        return np.clip((obs - rms.mean) / np.sqrt(rms.var + normalizer.epsilon), -clip, clip).astype(np.float32)
 
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
         """Actions for raw observations, one or a batch; Box actions are clipped to the bounds."""

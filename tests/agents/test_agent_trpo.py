@@ -271,6 +271,23 @@ def test_save_load_round_trip_predicts_and_evaluates_identically(tmp_path):
     loaded.close()
 
 
+def test_normalised_observations_and_rewards_are_clipped_in_training_and_evaluation():
+    clip_obs, clip_reward = 0.5, 0.05
+    options = {"normalize_obs": True, "normalize_reward": True, "clip_obs": clip_obs, "clip_reward": clip_reward}
+    agent = TRPO("Pendulum-v1", seed=0, **options, **SMALL)
+    agent.collect_rollout()
+    buffer = agent.buffer
+    # the bounds are reached, so the clip is active rather than vacuous
+    assert np.abs(buffer.obs).max() == pytest.approx(clip_obs)
+    assert np.abs(buffer.rewards).max() == pytest.approx(clip_reward)
+    # evaluation sees observations as training did: normalised with the frozen statistics, then clipped
+    rms, epsilon = agent.env_stack.obs_normalizer.obs_rms, agent.env_stack.obs_normalizer.epsilon
+    raw = np.random.default_rng(0).normal(scale=5.0, size=(64, 3))
+    expected = np.clip((raw - rms.mean) / np.sqrt(rms.var + epsilon), -clip_obs, clip_obs)
+    np.testing.assert_allclose(agent.normalize_observation(raw), expected, rtol=1e-6)
+    agent.close()
+
+
 def test_load_accepts_a_run_directory(tmp_path):
     agent = TRPO("CartPole-v1", seed=0, **SMALL).learn(256, run_dir=tmp_path)
     loaded = TRPO.load(tmp_path)
@@ -300,6 +317,8 @@ def test_load_accepts_a_run_directory(tmp_path):
         ("vectorization_mode", "threads"),
         ("hidden_sizes", (64, 0)),
         ("normalize_obs", "yes"),
+        ("clip_obs", 0.0),
+        ("clip_reward", -10.0),
         ("dtype", "float16"),
     ],
 )
