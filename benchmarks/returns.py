@@ -39,14 +39,16 @@ EVAL_EPISODES = 10
 TARGETS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0, "Hopper-v5": 3400.0, "HalfCheetah-v5": 2000.0}
 """Final deterministic-evaluation targets (the TRPO agent issue's acceptance numbers)."""
 THRESHOLDS = {
-    "CartPole-v1": 475.0,
-    "Pendulum-v1": -200.0,
+    "CartPole-v1": 400.0,
+    "Pendulum-v1": -400.0,
     "Hopper-v5": 2000.0,
     "HalfCheetah-v5": 1500.0,
     "Walker2d-v5": 2000.0,
 }
 """Training-return levels for "time to threshold": the first point where the mean return of the
-last 100 training episodes reaches the level, in environment steps and in training seconds."""
+last 100 training episodes reaches the level, in environment steps and in training seconds. Each
+level is well below the final returns and reached by typical runs of both implementations within
+the budget, so the time to it compares how fast they learn, not whether they finish."""
 
 Curve = list[tuple[int, float, float]]
 """Learning-curve points ``(environment steps, training seconds so far, mean training return)``.
@@ -227,7 +229,7 @@ def summarise(results: Path) -> str:
         groups.setdefault((record["env"], record["implementation"], record["total_steps"]), []).append(record)
     header = (
         f"{'env':15s} {'impl':18s} {'steps':>8s} {'seeds':>5s} {'eval mean ± std':>17s} {'target':>7s} "
-        f"{'steps/s':>8s} {'threshold':>9s} {'reached':>7s} {'at steps':>9s} {'at s':>6s}  eval per seed"
+        f"{'steps/cpu-s':>11s} {'threshold':>9s} {'reached':>7s} {'at steps':>9s} {'at s':>6s}  eval per seed"
     )
     lines, plots = [header], {}
     for (env, implementation, steps), group in sorted(groups.items()):
@@ -241,10 +243,11 @@ def summarise(results: Path) -> str:
         reached = np.isfinite(crossings[:, 0])
         at_steps, at_seconds = crossings[reached].mean(axis=0) if reached.any() else (math.nan, math.nan)
         target = TARGETS.get(env)
+        cpu_rate = statistics.mean(r["steps"] / r.get("train_cpu_seconds", math.nan) for r in group)
         lines.append(
             f"{env:15s} {implementation:18s} {steps:8d} {len(group):5d} "
             f"{statistics.mean(evaluations):8.1f} ± {spread:6.1f} {'' if target is None else f'{target:.0f}':>7s} "
-            f"{statistics.mean(r['steps_per_second'] for r in group):8.0f} {threshold:9.0f} "
+            f"{cpu_rate:11.0f} {threshold:9.0f} "
             f"{reached.sum():3d}/{len(group):<3d} {at_steps:9.0f} {at_seconds:6.0f}  "
             + ", ".join(f"{r['eval_mean_return']:.1f}" for r in group)
         )
