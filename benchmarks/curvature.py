@@ -330,8 +330,13 @@ def operators(workload: Workload) -> dict[str, Curvature]:
     return {
         "KLHessian (double backward of the mean KL)": KLHessian(),
         "Hessian (surrogate loss, double backward)": Hessian(),
-        "GaussNewton (library)": GaussNewton.for_module(workload.policy, lambda: workload.obs, fisher()),
-        "Damped(GaussNewton, 0.1)": Damped(GaussNewton(outputs, fisher()), 0.1),
+        "GaussNewton (library, layer-wise)": GaussNewton.for_module(workload.policy, lambda: workload.obs, fisher()),
+        "GaussNewton (library, autograd graphs)": GaussNewton.for_module(
+            workload.policy, lambda: workload.obs, fisher(), layerwise=False
+        ),
+        "Damped(GaussNewton layer-wise, 0.1)": Damped(
+            GaussNewton.for_module(workload.policy, lambda: workload.obs, fisher()), 0.1
+        ),
         "alt: torch.func vjp + vjp-of-vjp": VjpOfVjpGaussNewton(outputs, fisher()),
         "alt: torch.func linearize + vjp": LinearizeGaussNewton(outputs, fisher()),
         "alt: torch.func jvp (re-forward) + vjp": ForwardModeGaussNewton(outputs, fisher()),

@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from trustregion._vectors import flatten, split_like
 from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion.curvature.layerwise import Input, LayerwiseLinearisation, trace
 from trustregion.distributions import OutputFisher
 
 OutputFunction = Callable[..., object]
@@ -70,12 +71,21 @@ class GaussNewton(Curvature):
         module: nn.Module,
         inputs: Callable[[], object],
         fisher: OutputFisher,
+        *,
+        layerwise: bool = True,
     ) -> GaussNewton:
         """Gauss-Newton of ``module(*inputs())`` in the module's own parameters.
 
         ``inputs`` is called at every :meth:`build`, so it can return the current
         batch (or a subsample of it). The optimizer must hold exactly
         ``module.parameters()``, in that order.
+
+        With ``layerwise=True`` (the default), a module made only of linear layers
+        (``nn.Linear`` or ``F.linear`` on its parameters), ``tanh`` / ``relu``
+        activations and parameters returned as outputs gets its products written
+        out layer by layer (:mod:`trustregion.curvature.layerwise`): the same
+        ``Jᵀ M J v``, cheaper than the autograd graphs. Any other module uses the
+        autograd path; ``layerwise=False`` forces it.
         """
         names = [name for name, _ in module.named_parameters()]
 
@@ -86,23 +96,37 @@ class GaussNewton(Curvature):
 
         operator = cls(module_outputs, fisher)
         operator._module_params = list(module.parameters())
+        if layerwise:
+            operator._layerwise = (trace(module, names), inputs)
         return operator
 
     def build(self, problem: StepProblem) -> LinearOperator:
         params = list(problem.params)
         self._check_params(params)
-        leaves = [p.detach().requires_grad_() for p in params]
-        with torch.enable_grad():
-            outputs = self.outputs(*leaves)
-            linearisation = _Linearisation(outputs, leaves)
-        output_fisher = self.fisher.bind(tree_map(torch.detach, outputs))
+        linearisation = self._layerwise_linearisation(params)
+        if linearisation is None:
+            leaves = [p.detach().requires_grad_() for p in params]
+            with torch.enable_grad():
+                linearisation = _Linearisation(self.outputs(*leaves), leaves)
+        output_fisher = self.fisher.bind(tree_map(torch.detach, linearisation.outputs))
 
         def gauss_newton_product(vector: Tensor) -> Tensor:
-            tangent = linearisation.jacobian_product(split_like(vector, leaves))
+            tangent = linearisation.jacobian_product(split_like(vector, params))
             return linearisation.transpose_product(output_fisher(tangent))
 
         dim = sum(p.numel() for p in params)
         return LinearOperator(gauss_newton_product, dim, positive_semidefinite=True)
+
+    def _layerwise_linearisation(self, params: list[Tensor]) -> LayerwiseLinearisation | None:
+        traced, inputs = getattr(self, "_layerwise", (None, None))
+        if traced is None:
+            return None
+        args = inputs()
+        args = args if isinstance(args, tuple) else (args,)
+        steps, output = traced
+        if sum(isinstance(step, Input) for step in steps) != len(args):
+            return None
+        return LayerwiseLinearisation(steps, output, params, args)
 
     def _check_params(self, params: Sequence[Tensor]) -> None:
         expected = getattr(self, "_module_params", None)
@@ -125,6 +149,7 @@ class _Linearisation:
     """
 
     def __init__(self, outputs: object, leaves: list[Tensor]) -> None:
+        self.outputs = outputs
         flat_outputs, self._structure = tree_flatten(outputs)
         if not flat_outputs or not all(isinstance(z, Tensor) for z in flat_outputs):
             raise TypeError("outputs(*params) must return a tensor or a tuple of tensors (the distribution parameters)")

@@ -121,10 +121,11 @@ def policy_and_batch(family: Family, shape: dict[str, int]) -> tuple[nn.Module, 
     return module, obs
 
 
-def gauss_newton_dense(module: nn.Module, obs: Tensor, fisher: OutputFisher) -> Tensor:
+def gauss_newton_dense(module: nn.Module, obs: Tensor, fisher: OutputFisher, *, layerwise: bool = True) -> Tensor:
     params = list(module.parameters())
     loss = sum((p**2).sum() for p in params)  # GaussNewton only needs the parameters
-    operator = GaussNewton.for_module(module, lambda: obs, fisher).build(step_problem(params, loss))
+    curvature = GaussNewton.for_module(module, lambda: obs, fisher, layerwise=layerwise)
+    operator = curvature.build(step_problem(params, loss))
     with torch.no_grad():  # the optimizer solves under no_grad
         return operator.dense(DTYPE)
 
@@ -138,15 +139,16 @@ def jacobian_rows(module: nn.Module, obs: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+@pytest.mark.parametrize("layerwise", [True, False], ids=["layerwise", "autograd"])
 @settings(max_examples=8)
 @given(shape=shapes)
-def test_gauss_newton_equals_jt_m_j(family: Family, shape: dict[str, int]) -> None:
+def test_gauss_newton_equals_jt_m_j(family: Family, layerwise: bool, shape: dict[str, int]) -> None:
     module, obs = policy_and_batch(family, shape)
     with torch.no_grad():
         outputs = module(obs)
     jacobian = jacobian_rows(module, obs)
     expected = jacobian.T @ family.dense_fisher(outputs) @ jacobian
-    actual = gauss_newton_dense(module, obs, family.fisher())
+    actual = gauss_newton_dense(module, obs, family.fisher(), layerwise=layerwise)
     assert torch.allclose(actual, expected, rtol=1e-10, atol=1e-12)
 
 
