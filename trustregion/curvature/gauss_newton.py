@@ -26,29 +26,30 @@ class GaussNewton(Curvature):
     ``θ_old`` (Martens, "New insights and perspectives on the natural gradient
     method", 2020, sec. 9), and it is PSD by construction.
 
-    :meth:`build` runs the forward pass once, on detached aliases of the
-    parameters (through :func:`torch.func.functional_call` for
-    :meth:`for_module`), and keeps two autograd graphs: the graph of ``z``,
-    through which one backward gives ``u -> Jᵀu``, and the graph of that linear
-    map itself, from one backward with ``create_graph=True`` at ``u = 0``, through
-    which one backward gives its transpose ``v -> J v = ∂(vᵀJᵀu)/∂u``. A product
-    ``Jᵀ (M (J v))`` is then two backward passes through cached graphs and no
-    forward recomputation. Like :class:`KLHessian`, this needs the model's
-    operations to be twice differentiable.
+    :meth:`build` runs the forward pass once and keeps what the products need;
+    no product recomputes the forward pass. Two paths give the same operator:
 
-    The products go through :func:`torch.autograd.grad`; ``torch.func`` only
-    runs the module (``functional_call``). A ``torch.func.vjp`` with a ``vjp`` of
-    that ``vjp`` builds the same two graphs but was slower per product, and
-    :func:`torch.func.linearize` traces the model at every build. ``benchmarks/curvature.py`` measures all of them
-    (docs/benchmarks.md, "Curvature products"). On a 64-64 tanh MLP policy at
-    batch 2,048 and 20,000 (one thread, CPU time), a product here costs 1.08 to
-    1.21 gradients, the ``torch.func`` vjp-of-vjp 1.20 to 1.28, ``linearize``
-    1.27 to 1.41 plus 7 to 37 gradients per build, and the double backward of
-    the mean KL (:class:`KLHessian`) 1.8 to 2.4; the same product written out by
-    hand for that MLP costs 0.95 to 1.24. The price is memory: the graph of
-    ``u -> Jᵀu`` also keeps what a derivative in ``θ`` would need, about one
-    activation-sized tensor more than ``torch.func`` keeps (peak of a step at
-    batch 20,000: 52 against 47 MiB).
+    * **layer-wise** (:meth:`for_module` on a network of linear layers and
+      ``tanh`` / ``relu``, the usual policy): ``J v`` and ``Jᵀ w`` are written out
+      per layer with stored activations and slopes, each layer's ``J v`` one fused
+      matrix product (:mod:`trustregion.curvature.layerwise`);
+    * **autograd graphs** (any other model): the graph of ``z``, through which one
+      backward gives ``u -> Jᵀu``, and the graph of that linear map itself, from one
+      backward with ``create_graph=True`` at ``u = 0``, through which one backward
+      gives its transpose ``v -> J v = ∂(vᵀJᵀu)/∂u``. Like :class:`KLHessian`, this
+      needs the model's operations to be twice differentiable.
+
+    Cost per product in gradients of the TRPO surrogate, on a 64-64 tanh MLP
+    policy, one thread, CPU time (``benchmarks/curvature.py``, docs/benchmarks.md):
+    layer-wise 0.95 to 0.97 at batch 2,048 and 1.09 to 1.15 at 20,000; autograd
+    graphs 1.08 to 1.22; the double backward of the mean KL (:class:`KLHessian`)
+    1.9 to 2.2. ``torch.func`` alternatives were measured and not chosen:
+    vjp-of-vjp (the same graphs) 1.2 to 1.3, ``linearize`` 1.2 to 1.4 plus 8 to 46
+    gradients per build (it traces the model every step). An exact product needs
+    about 4/3 of a gradient's matrix work (two products per layer in each of
+    ``J v`` and ``Jᵀ w`` against three for a gradient), which is why no path goes
+    much below 1.0. Memory: the layer-wise path keeps a ``[ẋ, x]`` buffer per layer,
+    25 % more than the autograd graphs at batch 20,000 (65 against 52 MiB).
 
     Args:
         outputs: ``outputs(*params) -> z``, a pure function of the optimized
