@@ -103,6 +103,8 @@ def _read_node(node: fx.Node, index: dict[str, int], modules: dict[str, nn.Modul
         if len(node.args) == 1 and isinstance(node.args[0], fx.Node):
             return _Activation(node, node.args[0], _ACTIVATION_FUNCTIONS[node.target])
         return None
+    if node.op == "call_method" and node.target in ("tanh", "relu") and len(node.args) == 1 and not node.kwargs:
+        return _Activation(node, node.args[0], node.target)
     if node.op == "call_module":
         return _read_module(node, index, modules[node.target])
     return None

@@ -153,6 +153,23 @@ def test_values_used_twice_are_not_overwritten_by_the_products() -> None:
     assert all(torch.equal(a, b) for a, b in zip(tangents, tangents_before, strict=True))
 
 
+class MethodActivations(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.second(self.first(obs).tanh().relu())
+
+
+def test_method_style_activations_take_the_layerwise_path() -> None:
+    module = MethodActivations().to(DTYPE)
+    obs = torch.randn(5, 4, dtype=DTYPE)
+    assert trace(module, [name for name, _ in module.named_parameters()]) is not None
+    expected = dense_operator(module, obs, CategoricalFisher(), layerwise=False)
+    torch.testing.assert_close(dense_operator(module, obs, CategoricalFisher(), layerwise=True), expected)
+
+
 def test_sequential_networks_take_the_layerwise_path() -> None:
     module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).to(DTYPE)
     obs = torch.randn(5, 4, dtype=DTYPE)
