@@ -3,8 +3,9 @@
 Every (implementation, environment, seed) writes ``<results>/<impl>__<env>__<seed>.json`` with a
 deterministic 10-episode evaluation at the end of training, and its learning curve to
 ``<results>/curves/<impl>__<env>__<seed>.csv``; an existing JSON is skipped, so an interrupted
-sweep continues where it stopped. A plot per environment (``<results>/<env>.png``) and a table
-against the targets are written after every run.
+sweep continues where it stopped. A table against the targets (``<results>/summary.txt``) and a
+plot per environment (``docs/img/returns/<env>.png``, embedded in docs/benchmarks.md) are written
+after every run.
 
     python benchmarks/returns.py --envs CartPole-v1 --seeds 0 1 2
     python benchmarks/returns.py --envs Hopper-v5 --seeds 0 --impl ours sb3
@@ -222,8 +223,10 @@ def plot_environment(env: str, curves: dict[str, list[np.ndarray]], png_path: Pa
     plt.close(figure)
 
 
-def summarise(results: Path) -> str:
-    """Write ``summary.txt`` and one PNG per environment; return the table."""
+def summarise(results: Path, plot_dir: Path | None = None) -> str:
+    """Write ``summary.txt`` and one PNG per environment (into ``plot_dir``, default ``results``); return the table."""
+    plot_dir = plot_dir or results
+    plot_dir.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for record in load_results(results):
         groups.setdefault((record["env"], record["implementation"], record["total_steps"]), []).append(record)
@@ -252,7 +255,7 @@ def summarise(results: Path) -> str:
             + ", ".join(f"{r['eval_mean_return']:.1f}" for r in group)
         )
     for env, curves in plots.items():
-        plot_environment(env, curves, results / f"{env.replace('/', '_')}.png")
+        plot_environment(env, curves, plot_dir / f"{env.replace('/', '_')}.png")
     table = "\n".join(lines)
     atomic_write_text(results / "summary.txt", table + "\n")
     return table
@@ -265,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: 100k classic control, 1M MuJoCo")
     parser.add_argument("--impl", nargs="+", default=["ours"], choices=list(RUNNERS))
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--plots", type=Path, default=None, help="PNG folder (default: docs/img/returns; <results> with --smoke)"
+    )
     parser.add_argument("--smoke", action="store_true", help="two tiny CartPole runs into <results>/tmp")
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="NAME=VALUE", help="hyperparameter overrides (JSON values)"
@@ -274,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # both implementations single-threaded: CPU seconds comparable
     if args.smoke:
         args.envs, args.seeds, args.steps, args.results = ["CartPole-v1"], [0, 1], 2048, args.results / "tmp"
+        args.plots = args.plots or args.results
+    args.plots = args.plots or HERE.parent / "docs" / "img" / "returns"
     if "sb3" in args.impl:
         try:
             import sb3_contrib  # noqa: F401
@@ -289,8 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for implementation in args.impl:
                 run_one(args.results, implementation, env, seed, steps, overrides, args.tag)
-                summarise(args.results)
-    print(summarise(args.results))
+                summarise(args.results, args.plots)
+    print(summarise(args.results, args.plots))
 
 
 if __name__ == "__main__":
