@@ -8,7 +8,9 @@ sb3's settings (critic epochs and minibatch, CG iterations and damping, full-bat
 
 Policy-update time is one trust-region step on one fixed rollout, parameters restored before
 every repetition so each does the same work: ``TRPO.update_policy`` for ours,
-``sb3_contrib.TRPO.train`` with ``n_critic_updates = 0`` for sb3.
+``sb3_contrib.TRPO.train`` with ``n_critic_updates = 0`` for sb3. Product time is the median of
+the curvature products made inside those updates (damping included): our damped Gauss-Newton
+operator, sb3-contrib's ``hessian_vector_product`` (the double backward of the KL).
 
     python benchmarks/throughput.py            # full: a few minutes
     python benchmarks/throughput.py --smoke    # CI: under a minute, tiny budgets
@@ -31,6 +33,27 @@ import torch
 from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
+from trustregion.curvature import LinearOperator
+
+
+class CallTimer:
+    """Replaces ``owner.name`` by a wrapper that records the duration of every call, until closed."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner, self.name, self.original = owner, name, getattr(owner, name)
+        self.seconds: list[float] = []
+        original, seconds = self.original, self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            seconds.append(time.perf_counter() - start)
+            return result
+
+        setattr(owner, name, timed)
+
+    def close(self) -> None:
+        setattr(self.owner, self.name, self.original)
 
 
 @dataclass(frozen=True)
@@ -85,21 +108,26 @@ def ours_steps_per_second(setting: Setting, options: dict[str, Any], steps: int,
     return agent.global_step / elapsed
 
 
-def ours_policy_update_seconds(setting: Setting, options: dict[str, Any], repeats: int) -> float:
+def ours_policy_update_seconds(setting: Setting, options: dict[str, Any], repeats: int) -> tuple[float, float]:
+    """Median seconds of one policy update and of one curvature product inside it."""
     agent = TRPO(setting.env, seed=0, **options)
     agent.learn(agent.config.batch_size)  # past the first iteration: statistics and critic warmed up
     batch = agent.rollout_batch()
     saved = copy.deepcopy(agent.actor.state_dict())
     generator = agent.generator.get_state()
     times = []
-    for _ in range(repeats):
-        agent.actor.load_state_dict(saved)
-        agent.generator.set_state(generator)
-        start = time.perf_counter()
-        agent.update_policy(batch)
-        times.append(time.perf_counter() - start)
+    products = CallTimer(LinearOperator, "__call__")
+    try:
+        for _ in range(repeats):
+            agent.actor.load_state_dict(saved)
+            agent.generator.set_state(generator)
+            start = time.perf_counter()
+            agent.update_policy(batch)
+            times.append(time.perf_counter() - start)
+    finally:
+        products.close()
     agent.close()
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(products.seconds)
 
 
 # ---------------------------------------------------------------------------------------- sb3
@@ -141,19 +169,24 @@ def sb3_steps_per_second(setting: Setting, steps: int, seed: int) -> float:
     return model.num_timesteps / elapsed
 
 
-def sb3_policy_update_seconds(setting: Setting, repeats: int) -> float:
+def sb3_policy_update_seconds(setting: Setting, repeats: int) -> tuple[float, float]:
+    """Median seconds of one policy update and of one Hessian-vector product inside it."""
     model = make_sb3(setting, 0)
     model.learn(2 * setting.num_envs * setting.n_steps)  # leaves a full rollout buffer behind
     model.n_critic_updates = 0
     saved = copy.deepcopy(model.policy.state_dict())
     times = []
-    for _ in range(repeats):
-        model.policy.load_state_dict(saved)
-        start = time.perf_counter()
-        model.train()
-        times.append(time.perf_counter() - start)
+    products = CallTimer(model, "hessian_vector_product")
+    try:
+        for _ in range(repeats):
+            model.policy.load_state_dict(saved)
+            start = time.perf_counter()
+            model.train()
+            times.append(time.perf_counter() - start)
+    finally:
+        products.close()
     model.get_env().close()
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(products.seconds)
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -173,27 +206,40 @@ def measure(
             samples["sb3-contrib"].append(sb3_steps_per_second(setting, steps, seed=round_index))
     results = {f"{name} steps/s": statistics.median(values) for name, values in samples.items()}
     for name, options in variants.items():
-        results[f"{name} policy update s"] = ours_policy_update_seconds(setting, options, repeats)
+        update, product = ours_policy_update_seconds(setting, options, repeats)
+        results[f"{name} policy update s"], results[f"{name} product s"] = update, product
     if with_sb3:
         torch.set_num_threads(sb3_threads)
-        results["sb3-contrib policy update s"] = sb3_policy_update_seconds(setting, repeats)
+        update, product = sb3_policy_update_seconds(setting, repeats)
+        results["sb3-contrib policy update s"], results["sb3-contrib product s"] = update, product
     torch.set_num_threads(default_threads)
     return results
 
 
 def print_table(env: str, setting: Setting, results: dict[str, float], with_sb3: bool) -> None:
     print(f"\n{env}: {setting.num_envs} envs x {setting.n_steps} steps = batch {setting.num_envs * setting.n_steps}")
-    header = ("implementation", "steps/s", "policy update ms", "x sb3 steps/s", "/ sb3 update")
-    print(f"{header[0]:24s} {header[1]:>10s} {header[2]:>18s} {header[3]:>14s} {header[4]:>13s}")
+    header = ("implementation", "steps/s", "policy update ms", "product ms", "x sb3 steps/s", "/ sb3 update")
+    widths = (24, 10, 18, 12, 14, 13)
+    print(
+        " ".join(
+            f"{text:{'<' if i == 0 else '>'}{w}s}" for i, (text, w) in enumerate(zip(header, widths, strict=True))
+        ),
+        "/ sb3 product",
+    )
     names = ["ours (defaults)", "ours (sb3 settings)"] + (["sb3-contrib"] if with_sb3 else [])
     for name in names:
         rate, update = results[f"{name} steps/s"], results[f"{name} policy update s"]
+        product = results[f"{name} product s"]
         if with_sb3:
             speedup = f"{rate / results['sb3-contrib steps/s']:.2f}"
             update_ratio = f"{update / results['sb3-contrib policy update s']:.2f}"
+            product_ratio = f"{product / results['sb3-contrib product s']:.2f}"
         else:
-            speedup = update_ratio = "n/a"
-        print(f"{name:24s} {rate:10.0f} {1000 * update:18.1f} {speedup:>14s} {update_ratio:>13s}")
+            speedup = update_ratio = product_ratio = "n/a"
+        print(
+            f"{name:24s} {rate:10.0f} {1000 * update:18.1f} {1000 * product:12.2f} "
+            f"{speedup:>14s} {update_ratio:>13s} {product_ratio:>14s}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
