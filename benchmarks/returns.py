@@ -169,13 +169,8 @@ def load_results(results: Path) -> list[dict[str, Any]]:
 
 
 def read_curve(path: Path) -> np.ndarray:
-    """A curve CSV as an array of rows ``(steps, seconds, mean return)``; seconds are NaN in
-    curves written before the time column existed (``global_step,mean_return``)."""
-    header, *lines = path.read_text().splitlines()
-    rows = np.array([line.split(",") for line in lines], dtype=np.float64).reshape(len(lines), -1)
-    if header.split(",") == ["global_step", "mean_return"]:
-        rows = np.column_stack([rows[:, 0], np.full(len(rows), math.nan), rows[:, 1]])
-    return rows
+    """A curve CSV as an array of rows ``(steps, seconds, mean return)``."""
+    return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
 
 
 def first_crossing(curve: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -206,11 +201,8 @@ def plot_environment(env: str, curves: dict[str, list[np.ndarray]], png_path: Pa
         if not seeds:
             continue
         for axis, column in zip(axes, (0, 1), strict=True):
-            timed = [curve for curve in seeds if np.isfinite(curve[:, column]).all()]
-            if not timed:
-                continue
-            grid, mean, low, high = mean_and_spread(timed, column)
-            (line,) = axis.plot(grid, mean, label=f"{implementation} ({len(timed)} seeds)")
+            grid, mean, low, high = mean_and_spread(seeds, column)
+            (line,) = axis.plot(grid, mean, label=f"{implementation} ({len(seeds)} seeds)")
             axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
     for axis, label in zip(axes, ("environment steps", "training CPU seconds (one thread)"), strict=True):
         axis.set_xlabel(label)
@@ -246,7 +238,7 @@ def summarise(results: Path, plot_dir: Path | None = None) -> str:
         reached = np.isfinite(crossings[:, 0])
         at_steps, at_seconds = crossings[reached].mean(axis=0) if reached.any() else (math.nan, math.nan)
         target = TARGETS.get(env)
-        cpu_rate = statistics.mean(r["steps"] / r.get("train_cpu_seconds", math.nan) for r in group)
+        cpu_rate = statistics.mean(r["steps"] / r["train_cpu_seconds"] for r in group)
         lines.append(
             f"{env:15s} {implementation:18s} {steps:8d} {len(group):5d} "
             f"{statistics.mean(evaluations):8.1f} ± {spread:6.1f} {'' if target is None else f'{target:.0f}':>7s} "
