@@ -2,12 +2,19 @@
 
 Wrapper stack, innermost first::
 
-    gymnasium.make_vec(env, num_envs, vectorization_mode)   # each sub-env wrapped in EnvSnapshot
-      -> RecordEpisodeStatistics   (true returns and lengths, before any scaling)
+    gymnasium.make_vec(env, num_envs, vectorization_mode)   # each sub-env wrapped in
+                                  # RecordEpisodeStatistics (true returns and lengths,
+                                  # before any scaling), then EnvSnapshot
       -> NormalizeObservation      (optional, running mean/std of observations,
                                     then clipped to ±clip_obs)
       -> NormalizeReward           (optional, scales rewards by the std of a discounted return,
                                     then clipped to ±clip_reward)
+
+Episode statistics are recorded by gymnasium's single-environment ``RecordEpisodeStatistics``
+inside each sub-environment rather than by its vector counterpart: the vector environment merges
+them into ``info["episode"]`` with the ``info["_episode"]`` mask all the same, a scalar update per
+sub-environment costs a fraction of the vector wrapper's masked array updates (a sizeable share
+of a CartPole step), and the counters travel in each sub-environment's snapshot.
 
 The clips are those of Stable-Baselines3's ``VecNormalize`` (10 by default): early in training the
 running statistics are poor, and a rare state many standard deviations out would otherwise feed
@@ -28,15 +35,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.wrappers.vector import (
-    ClipReward,
-    NormalizeObservation,
-    NormalizeReward,
-    RecordEpisodeStatistics,
-    TransformObservation,
-)
+from gymnasium.wrappers import RecordEpisodeStatistics
+from gymnasium.wrappers.vector import ClipReward, NormalizeObservation, NormalizeReward, TransformObservation
 
-_STATIC_ATTRIBUTES = frozenset(
+_UNSAVED_ATTRIBUTES = frozenset(
     {
         "env",
         "model",
@@ -54,8 +56,13 @@ _STATIC_ATTRIBUTES = frozenset(
         "_observation_space",
         "metadata",
         "_metadata",
+        # wall-clock episode durations (RecordEpisodeStatistics' "t"): not part of the dynamics,
+        # and saving them would make two otherwise identical runs differ
+        "episode_start_time",
+        "time_queue",
     }
 )
+"""Attributes a snapshot leaves out: structure that does not change, and wall-clock times."""
 
 
 class EnvSnapshot(gym.Wrapper):
@@ -112,7 +119,7 @@ def _layers(env: gym.Env) -> list[gym.Env]:
 def _mutable_state(layer: gym.Env) -> dict[str, Any]:
     state = {}
     for name, value in vars(layer).items():
-        if name in _STATIC_ATTRIBUTES:
+        if name in _UNSAVED_ATTRIBUTES:
             continue
         try:
             pickle.dumps(value)
@@ -128,7 +135,6 @@ class EnvStack:
 
     envs: VectorEnv
     base: VectorEnv
-    episode_statistics: RecordEpisodeStatistics
     obs_normalizer: NormalizeObservation | None
     reward_normalizer: NormalizeReward | None
 
@@ -141,15 +147,8 @@ class EnvStack:
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue this environment exactly where it is."""
-        stats = self.episode_statistics
         state: dict[str, Any] = {
-            "snapshots": list(self.base.get_attr("snapshot")),
-            "episode_statistics": {
-                "episode_returns": stats.episode_returns.copy(),
-                "episode_lengths": stats.episode_lengths.copy(),
-                "prev_dones": stats.prev_dones.copy(),
-                "episode_count": stats.episode_count,
-            },
+            "snapshots": list(self.base.get_attr("snapshot")),  # simulators and episode statistics
             "obs_rms": None,
             "reward_normalizer": None,
         }
@@ -167,8 +166,6 @@ class EnvStack:
     def load_state(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state`; call after ``reset`` on a freshly built stack."""
         self.base.set_attr("snapshot", list(state["snapshots"]))
-        for name, value in state["episode_statistics"].items():
-            setattr(self.episode_statistics, name, _copy(value))
         if self.obs_normalizer is not None:
             set_running_stats(self.obs_normalizer.obs_rms, state["obs_rms"])
         if self.reward_normalizer is not None:
@@ -189,10 +186,6 @@ def set_running_stats(rms: Any, stats: dict[str, Any]) -> None:
     rms.count = stats["count"]
 
 
-def _copy(value: Any) -> Any:
-    return value.copy() if isinstance(value, np.ndarray) else value
-
-
 def make_env_stack(
     env_id: str,
     num_envs: int,
@@ -211,13 +204,12 @@ def make_env_stack(
         num_envs=num_envs,
         vectorization_mode=vectorization_mode,
         vector_kwargs={"copy": False},
-        wrappers=[EnvSnapshot],
+        wrappers=[RecordEpisodeStatistics, EnvSnapshot],
         **(env_kwargs or {}),
     )
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) is not AutoresetMode.NEXT_STEP:
         raise ValueError("the agents need next-step autoreset (gymnasium's default autoreset_mode)")
-    episode_statistics = RecordEpisodeStatistics(envs)
-    wrapped: VectorEnv = episode_statistics
+    wrapped: VectorEnv = envs
     obs_normalizer = reward_normalizer = None
     if normalize_obs:
         wrapped = obs_normalizer = NormalizeObservation(wrapped)
@@ -225,7 +217,7 @@ def make_env_stack(
     if normalize_reward:
         wrapped = reward_normalizer = NormalizeReward(wrapped, gamma=gamma)
         wrapped = ClipReward(wrapped, -clip_reward, clip_reward)
-    return EnvStack(wrapped, envs, episode_statistics, obs_normalizer, reward_normalizer)
+    return EnvStack(wrapped, envs, obs_normalizer, reward_normalizer)
 
 
 def make_eval_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:

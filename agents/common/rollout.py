@@ -67,16 +67,14 @@ def compute_gae(
     (autoreset) transitions get ``Â = 0``; nothing flows across them because the step before
     one is always done.
     """
-    n_steps = rewards.shape[0]
-    advantages = np.zeros_like(values)
+    next_values = np.concatenate([values[1:], last_values[None]])
+    valid = valid.astype(values.dtype)
+    deltas = (rewards + gamma * (1.0 - terminated) * next_values - values) * valid
+    decays = gamma * gae_lambda * (1.0 - (terminated | truncated)) * valid
+    advantages = np.empty_like(deltas)
     next_advantage = np.zeros_like(last_values)
-    next_values = last_values
-    for t in reversed(range(n_steps)):
-        continues = 1.0 - (terminated[t] | truncated[t])
-        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values - values[t]
-        advantages[t] = (delta + gamma * gae_lambda * continues * next_advantage) * valid[t]
-        next_advantage = advantages[t]
-        next_values = values[t]
+    for t in reversed(range(len(deltas))):  # Â_t = δ_t + γλ(1 - done_t) Â_{t+1}: only this is sequential
+        next_advantage = advantages[t] = deltas[t] + decays[t] * next_advantage
     return advantages, advantages + values
 
 

@@ -40,7 +40,7 @@ from trustregion import (
 )
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: episode statistics inside each sub-environment's snapshot
 EVAL_SEED_OFFSET = 10_000
 
 
