@@ -109,7 +109,8 @@ def _numpy_relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-RolloutHead = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+RolloutHead = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(network outputs, noise) -> actions``: turns pre-drawn noise into samples of ``π(·|s)``."""
 
 
 class Critic(nn.Module):
@@ -156,10 +157,20 @@ class Actor(nn.Module, abc.ABC):
         """The Fisher ``M(z)`` of the distribution in its parameters, for Gauss-Newton."""
 
     @abc.abstractmethod
-    def rollout_head(self) -> RolloutHead:
-        """Numpy sampling for rollouts: ``(network outputs, rng) -> actions`` drawn from ``π(·|s)``.
+    def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The noise of a whole rollout, drawn in one call: one value per network output.
 
-        The outputs are those of ``self.net`` as computed by :class:`RolloutNetworks`.
+        ``shape`` is ``(n_steps, num_envs, outputs)``; :meth:`rollout_head` turns ``noise[t]``
+        into the actions of step ``t``. One draw per rollout instead of one per step takes a
+        numpy call off every environment step.
+        """
+
+    @abc.abstractmethod
+    def rollout_head(self) -> RolloutHead:
+        """Numpy sampling for rollouts: ``(network outputs, noise) -> actions`` drawn from ``π(·|s)``.
+
+        The outputs are those of ``self.net`` as computed by :class:`RolloutNetworks`, the noise a
+        slice of :meth:`rollout_noise` of the same shape.
         """
 
     def to_env(self, actions: np.ndarray) -> np.ndarray:
@@ -196,9 +207,12 @@ class CategoricalActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return CategoricalFisher()
 
+    def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return rng.gumbel(size=shape)
+
     def rollout_head(self) -> RolloutHead:
-        def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return (logits + rng.gumbel(size=logits.shape)).argmax(-1)  # Gumbel-max: distributed as softmax(z)
+        def sample(logits: np.ndarray, gumbel: np.ndarray) -> np.ndarray:
+            return (logits + gumbel).argmax(-1)  # Gumbel-max: distributed as softmax(z)
 
         return sample
 
@@ -242,11 +256,14 @@ class MultiCategoricalActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return MultiCategoricalFisher(self.sizes)
 
+    def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return rng.gumbel(size=shape)
+
     def rollout_head(self) -> RolloutHead:
         bounds = np.cumsum([0, *self.sizes])
 
-        def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            perturbed = logits + rng.gumbel(size=logits.shape)
+        def sample(logits: np.ndarray, gumbel: np.ndarray) -> np.ndarray:
+            perturbed = logits + gumbel
             factors = [perturbed[:, a:b].argmax(-1) for a, b in itertools.pairwise(bounds)]
             return np.stack(factors, axis=-1)
 
@@ -288,10 +305,12 @@ class BernoulliActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return BernoulliFisher()
 
+    def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return rng.logistic(size=shape)
+
     def rollout_head(self) -> RolloutHead:
-        def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            # P(z + logistic noise > 0) = sigmoid(z)
-            return (logits + rng.logistic(size=logits.shape) > 0).astype(np.int64)
+        def sample(logits: np.ndarray, logistic: np.ndarray) -> np.ndarray:
+            return (logits + logistic > 0).astype(np.int64)  # P(z + logistic noise > 0) = sigmoid(z)
 
         return sample
 
@@ -348,11 +367,14 @@ class GaussianActor(Actor):
     def output_fisher(self) -> OutputFisher:
         return DiagonalGaussianFisher()
 
+    def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=dtype)
+
     def rollout_head(self) -> RolloutHead:
         std = self.log_std.detach().cpu().exp().numpy().copy()
 
-        def sample(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype)
+        def sample(mean: np.ndarray, normal: np.ndarray) -> np.ndarray:
+            return mean + std * normal
 
         return sample
 

@@ -221,16 +221,19 @@ class TRPO:
         """Fill the buffer with ``n_steps`` vector steps; ``prev_done`` marks autoreset transitions invalid.
 
         Actions are drawn by a numpy copy of the networks (:meth:`rollout_networks`, rebuilt here
-        from the current parameters) with ``self.rng``; the buffer keeps the unclipped sample.
+        from the current parameters) from noise drawn with ``self.rng`` for the whole rollout at
+        once; the buffer keeps the unclipped sample.
         """
-        buffer, envs, actor = self.buffer, self.env_stack.envs, self.actor
+        buffer, envs, actor, config = self.buffer, self.env_stack.envs, self.actor, self.config
         networks = self.rollout_networks()
         sample_actions = actor.rollout_head()
-        for t in range(self.config.n_steps):
+        noise_shape = (config.n_steps, config.num_envs, actor.net.layers[-1].out_features)
+        noise = actor.rollout_noise(self.rng, noise_shape, buffer.obs.dtype)
+        for t in range(config.n_steps):
             obs = buffer.obs[t]
             obs[:] = self.obs.reshape(obs.shape)
             actor_outputs, buffer.values[t] = networks(obs)
-            actions = sample_actions(actor_outputs, self.rng)
+            actions = sample_actions(actor_outputs, noise[t])
             buffer.actions[t] = actions
             self.obs, buffer.rewards[t], buffer.terminated[t], buffer.truncated[t], info = envs.step(
                 actor.to_env(actions)
@@ -241,8 +244,8 @@ class TRPO:
         buffer.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
         buffer.valid[1:] = ~done[:-1]
         self.prev_done = done[-1].copy()
-        self.obs = self.obs.reshape(self.config.num_envs, -1)
-        self.global_step += self.config.num_envs * self.config.n_steps
+        self.obs = self.obs.reshape(config.num_envs, -1)
+        self.global_step += config.num_envs * config.n_steps
         self.last_values = networks(self._as_policy_dtype(self.obs))[1].astype(np.float64)
 
     def rollout_networks(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:

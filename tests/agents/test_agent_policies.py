@@ -152,7 +152,7 @@ def test_numpy_samplers_follow_the_policy_distribution():
         actor, _ = build(kind)
         params = actor(obs_tensor[:1])
         outputs = actor.net(obs_tensor).detach().numpy()
-        samples = actor.rollout_head()(outputs, rng)
+        samples = actor.rollout_head()(outputs, actor.rollout_noise(rng, outputs.shape, outputs.dtype))
         if kind == "box":
             mean, log_std = (t.detach().numpy() for t in params)
             np.testing.assert_allclose(samples.mean(0), mean[0], atol=0.02)
