@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from trustregion_helpers import DTYPE, random_vector, step_problem
 
 from trustregion import CategoricalFisher, DiagonalGaussianFisher, GaussNewton, OutputFisher
-from trustregion.curvature.layerwise import LayerwiseLinearisation, trace
+from trustregion.curvature.layerwise import LayerwiseLinearisation, _linear, trace
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -113,6 +113,43 @@ def test_products_leave_their_input_alone_and_repeat_exactly() -> None:
         first, second = operator(vector), operator(vector)
     assert torch.equal(vector, copy)
     assert torch.equal(first, second)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 40),
+    inputs=st.integers(1, 70),
+    outputs=st.integers(1, 20),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_linear_equals_f_linear_in_either_orientation(batch, inputs, outputs, bias, seed) -> None:
+    """Layers with a few outputs from a wide input take the transposed product; the value is the same."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, inputs, dtype=DTYPE, generator=generator)
+    weight = torch.randn(outputs, inputs, dtype=DTYPE, generator=generator)
+    b = torch.randn(outputs, dtype=DTYPE, generator=generator) if bias else None
+    torch.testing.assert_close(_linear(x, weight, b), F.linear(x, weight, b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act_dim", [1, 3, 16, 17])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_wide_networks_match_the_autograd_path(act_dim: int, activation: str) -> None:
+    """Width 24 (a 48-wide ``[ẋ, x]``) with 3 or 16 actions takes the transposed output product; 1 and 17 do not."""
+    spec = {"depth": 2, "width": 24, "obs_dim": 5, "act_dim": act_dim, "batch": 33, "activation": activation}
+    module, obs = build_network(spec | {"bias": True, "features_out": False, "seed": act_dim})
+    params = list(module.parameters())
+    problem = step_problem(params, sum((p**2).sum() for p in params))
+    operators = [
+        GaussNewton.for_module(module, lambda: obs, DiagonalGaussianFisher(), layerwise=fast).build(problem)
+        for fast in (False, True)
+    ]
+    generator = torch.Generator().manual_seed(act_dim)
+    with torch.no_grad():
+        for _ in range(3):
+            vector = random_vector(operators[0].dim, generator)
+            expected, actual = (operator(vector) for operator in operators)
+            torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
 
 
 class Branching(nn.Module):
