@@ -1,16 +1,19 @@
 """Training throughput and policy-update time: ours against sb3-contrib's TRPO, in one run.
 
 For each environment both implementations train with the same network (64-64 tanh, separate
-actor and critic), the same number of environments and the same rollout length, alternating
-rounds (ours, sb3, ours, sb3, ...) so that a change in machine load hits both alike; the
-median over rounds is reported. Ours runs twice: with its per-environment defaults and with
-sb3's settings (critic epochs and minibatch, CG iterations and damping, full-batch Fisher).
+actor and critic), the same number of environments and the same rollout length. Ours runs
+twice: with its per-environment defaults and with sb3's settings (critic epochs and minibatch,
+CG iterations and damping, full-batch Fisher). Every round runs ours (defaults), sb3-contrib
+and ours (sb3 settings) back to back; the speed of a shared machine drifts by tens of percent
+over seconds, so each ratio divides two neighbouring samples, and the table shows the median
+ratio with its range over the rounds.
 
 Policy-update time is one trust-region step on one fixed rollout, parameters restored before
 every repetition so each does the same work: ``TRPO.update_policy`` for ours,
-``sb3_contrib.TRPO.train`` with ``n_critic_updates = 0`` for sb3. Product time is the median of
-the curvature products made inside those updates (damping included): our damped Gauss-Newton
-operator, sb3-contrib's ``hessian_vector_product`` (the double backward of the KL).
+``sb3_contrib.TRPO.train`` with ``n_critic_updates = 0`` for sb3, interleaved in the same way.
+Product time is the median of the curvature products made inside those updates (damping
+included): our damped Gauss-Newton operator, sb3-contrib's ``hessian_vector_product`` (the
+double backward of the KL).
 
     python benchmarks/throughput.py            # full: a few minutes
     python benchmarks/throughput.py --smoke    # CI: under a minute, tiny budgets
@@ -131,23 +134,31 @@ def ours_steps_per_second(setting: Setting, options: dict[str, Any], steps: int,
     return agent.global_step / elapsed
 
 
-def ours_policy_update_seconds(setting: Setting, options: dict[str, Any], repeats: int) -> tuple[float, float]:
-    """Median seconds of one policy update and of one curvature product inside it."""
-    agent = TRPO(setting.env, seed=0, **options)
-    agent.learn(agent.config.batch_size)  # past the first iteration: statistics and critic warmed up
-    batch = agent.rollout_batch()
-    saved = copy.deepcopy(agent.actor.state_dict())
-    generator = agent.generator.get_state()
-    times = []
-    curvature = agent.policy_optimizer.curvature = TimedCurvature(agent.policy_optimizer.curvature)
-    for _ in range(repeats):
-        agent.actor.load_state_dict(saved)
-        agent.generator.set_state(generator)
+class OursUpdate:
+    """One fixed rollout and a saved actor: each call times one ``TRPO.update_policy`` from the same start."""
+
+    def __init__(self, setting: Setting, options: dict[str, Any]) -> None:
+        self.agent = TRPO(setting.env, seed=0, **options)
+        self.agent.learn(self.agent.config.batch_size)  # past the first iteration: statistics and critic warmed up
+        self.batch = self.agent.rollout_batch()
+        self.saved = copy.deepcopy(self.agent.actor.state_dict())
+        self.generator = self.agent.generator.get_state()
+        self.curvature = TimedCurvature(self.agent.policy_optimizer.curvature)
+        self.agent.policy_optimizer.curvature = self.curvature
+
+    def __call__(self) -> float:
+        self.agent.actor.load_state_dict(self.saved)
+        self.agent.generator.set_state(self.generator)
         start = time.perf_counter()
-        agent.update_policy(batch)
-        times.append(time.perf_counter() - start)
-    agent.close()
-    return statistics.median(times), statistics.median(curvature.seconds)
+        self.agent.update_policy(self.batch)
+        return time.perf_counter() - start
+
+    @property
+    def product_seconds(self) -> list[float]:
+        return self.curvature.seconds
+
+    def close(self) -> None:
+        self.agent.close()
 
 
 # ---------------------------------------------------------------------------------------- sb3
@@ -189,77 +200,120 @@ def sb3_steps_per_second(setting: Setting, steps: int, seed: int) -> float:
     return model.num_timesteps / elapsed
 
 
-def sb3_policy_update_seconds(setting: Setting, repeats: int) -> tuple[float, float]:
-    """Median seconds of one policy update and of one Hessian-vector product inside it."""
-    model = make_sb3(setting, 0)
-    model.learn(2 * setting.num_envs * setting.n_steps)  # leaves a full rollout buffer behind
-    model.n_critic_updates = 0
-    saved = copy.deepcopy(model.policy.state_dict())
-    times = []
-    products = CallTimer(model, "hessian_vector_product")
-    try:
-        for _ in range(repeats):
-            model.policy.load_state_dict(saved)
-            start = time.perf_counter()
-            model.train()
-            times.append(time.perf_counter() - start)
-    finally:
-        products.close()
-    model.get_env().close()
-    return statistics.median(times), statistics.median(products.seconds)
+class Sb3Update:
+    """sb3-contrib's policy step on one full rollout buffer (``train`` with ``n_critic_updates = 0``),
+    from the same saved policy at every call; its Hessian-vector products are timed."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.model = make_sb3(setting, 0)
+        self.model.learn(2 * setting.num_envs * setting.n_steps)  # leaves a full rollout buffer behind
+        self.model.n_critic_updates = 0
+        self.saved = copy.deepcopy(self.model.policy.state_dict())
+        self.products = CallTimer(self.model, "hessian_vector_product")
+
+    def __call__(self) -> float:
+        self.model.policy.load_state_dict(self.saved)
+        start = time.perf_counter()
+        self.model.train()
+        return time.perf_counter() - start
+
+    @property
+    def product_seconds(self) -> list[float]:
+        return self.products.seconds
+
+    def close(self) -> None:
+        self.products.close()
+        self.model.get_env().close()
 
 
 # ---------------------------------------------------------------------------------------- main
+SB3 = "sb3-contrib"
+OURS = ("ours (defaults)", "ours (sb3 settings)")
+
+
+@dataclass
+class Measurement:
+    """Samples of one implementation, and its ratios to sb3-contrib's sample of the same round."""
+
+    steps_per_second: list[float]
+    update_seconds: list[float]
+    product_seconds: list[float]
+    speedups: list[float]  # steps/s over sb3-contrib's, per round
+    update_ratios: list[float]  # update time over sb3-contrib's, per repetition
+
+
 def measure(
     setting: Setting, steps: int, rounds: int, repeats: int, with_sb3: bool, sb3_threads: int
-) -> dict[str, float]:
+) -> dict[str, Measurement]:
+    """Interleaved samples: every round runs ours (defaults), sb3-contrib, ours (sb3 settings) in a row.
+
+    The machine's speed drifts by tens of percent over seconds; each ratio divides two samples
+    taken next to each other, and the table reports the median of those ratios.
+    """
     default_threads = torch.get_num_threads()
-    variants = {"ours (defaults)": ours_defaults(setting), "ours (sb3 settings)": ours_matching_sb3(setting)}
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    if with_sb3:
-        samples["sb3-contrib"] = []
-    for round_index in range(rounds):
-        for name, options in variants.items():
-            samples[name].append(ours_steps_per_second(setting, options, steps, seed=round_index))
-        if with_sb3:
+    variants = dict(zip(OURS, (ours_defaults(setting), ours_matching_sb3(setting)), strict=True))
+    order = [OURS[0], SB3, OURS[1]] if with_sb3 else list(OURS)
+
+    def run(name: str, seed: int) -> float:
+        if name == SB3:
             torch.set_num_threads(sb3_threads)
-            samples["sb3-contrib"].append(sb3_steps_per_second(setting, steps, seed=round_index))
-    results = {f"{name} steps/s": statistics.median(values) for name, values in samples.items()}
-    for name, options in variants.items():
-        update, product = ours_policy_update_seconds(setting, options, repeats)
-        results[f"{name} policy update s"], results[f"{name} product s"] = update, product
+            rate = sb3_steps_per_second(setting, steps, seed)
+            torch.set_num_threads(default_threads)
+            return rate
+        return ours_steps_per_second(setting, variants[name], steps, seed)
+
+    rates: dict[str, list[float]] = {name: [] for name in order}
+    for round_index in range(rounds):
+        for name in order:
+            rates[name].append(run(name, round_index))
+    updaters: dict[str, Any] = {name: OursUpdate(setting, variants[name]) for name in OURS}
     if with_sb3:
         torch.set_num_threads(sb3_threads)
-        update, product = sb3_policy_update_seconds(setting, repeats)
-        results["sb3-contrib policy update s"], results["sb3-contrib product s"] = update, product
+        updaters[SB3] = Sb3Update(setting)
+        torch.set_num_threads(default_threads)
+    updates: dict[str, list[float]] = {name: [] for name in order}
+    for _ in range(repeats):
+        for name in order:
+            torch.set_num_threads(sb3_threads if name == SB3 else default_threads)
+            updates[name].append(updaters[name]())
     torch.set_num_threads(default_threads)
+    results = {}
+    for name in order:
+        reference_rates, reference_updates = rates.get(SB3), updates.get(SB3)
+        results[name] = Measurement(
+            rates[name],
+            updates[name],
+            updaters[name].product_seconds,
+            [a / b for a, b in zip(rates[name], reference_rates, strict=True)] if with_sb3 else [],
+            [a / b for a, b in zip(updates[name], reference_updates, strict=True)] if with_sb3 else [],
+        )
+        updaters[name].close()
     return results
 
 
-def print_table(env: str, setting: Setting, results: dict[str, float], with_sb3: bool) -> None:
+def print_table(env: str, setting: Setting, results: dict[str, Measurement]) -> None:
     print(f"\n{env}: {setting.num_envs} envs x {setting.n_steps} steps = batch {setting.num_envs * setting.n_steps}")
-    header = ("implementation", "steps/s", "policy update ms", "product ms", "x sb3 steps/s", "/ sb3 update")
-    widths = (24, 10, 18, 12, 14, 13)
-    print(
-        " ".join(
-            f"{text:{'<' if i == 0 else '>'}{w}s}" for i, (text, w) in enumerate(zip(header, widths, strict=True))
-        ),
-        "/ sb3 product",
-    )
-    names = ["ours (defaults)", "ours (sb3 settings)"] + (["sb3-contrib"] if with_sb3 else [])
-    for name in names:
-        rate, update = results[f"{name} steps/s"], results[f"{name} policy update s"]
-        product = results[f"{name} product s"]
-        if with_sb3:
-            speedup = f"{rate / results['sb3-contrib steps/s']:.2f}"
-            update_ratio = f"{update / results['sb3-contrib policy update s']:.2f}"
-            product_ratio = f"{product / results['sb3-contrib product s']:.2f}"
-        else:
+    header = ("implementation", "steps/s", "update ms", "product ms", "x sb3 steps/s", "/ sb3 update")
+    widths = (20, 8, 10, 11, 22, 22)
+    cells = (f"{text:{'<' if i == 0 else '>'}{w}s}" for i, (text, w) in enumerate(zip(header, widths, strict=True)))
+    print(" ".join(cells), "/ sb3 product")
+    sb3 = results.get(SB3)
+    for name, result in results.items():
+        product = statistics.median(result.product_seconds)
+        if sb3 is None:
             speedup = update_ratio = product_ratio = "n/a"
+        else:
+            speedup, update_ratio = _median_and_range(result.speedups), _median_and_range(result.update_ratios)
+            product_ratio = f"{product / statistics.median(sb3.product_seconds):.2f}"
         print(
-            f"{name:24s} {rate:10.0f} {1000 * update:18.1f} {1000 * product:12.2f} "
-            f"{speedup:>14s} {update_ratio:>13s} {product_ratio:>14s}"
+            f"{name:20s} {statistics.median(result.steps_per_second):8.0f} "
+            f"{1000 * statistics.median(result.update_seconds):10.1f} {1000 * product:11.2f} "
+            f"{speedup:>22s} {update_ratio:>22s} {product_ratio:>14s}"
         )
+
+
+def _median_and_range(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,15 +334,15 @@ def main(argv: list[str] | None = None) -> None:
     with_sb3 = not args.no_sb3 and sb3_available()
     if not args.no_sb3 and not with_sb3:
         print("sb3-contrib is not installed: measuring ours only (pip install sb3-contrib torch==<installed torch>)")
-    rounds = args.rounds or (1 if args.smoke else 3)
-    repeats = 2 if args.smoke else 5
+    rounds = args.rounds or (1 if args.smoke else 5)
+    repeats = 2 if args.smoke else 9
     print(f"torch {torch.__version__}; torch threads: ours 1, sb3 {args.sb3_threads}; {rounds} round(s)")
     for env in args.envs:
         setting = SETTINGS[env]
         batch = setting.num_envs * setting.n_steps
         iterations = 1 if args.smoke else (20 if env.startswith("CartPole") else 5)
         results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads)
-        print_table(env, setting, results, with_sb3)
+        print_table(env, setting, results)
 
 
 if __name__ == "__main__":
