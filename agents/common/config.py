@@ -175,7 +175,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         "value_minibatch_size": 256,
     },
     "Hopper": dict(_MUJOCO),
-    "HalfCheetah": {**_MUJOCO, "max_kl": 0.04},
+    "HalfCheetah": {**_MUJOCO, "max_kl": 0.04, "log_std_init": -0.5},
     "Walker2d": dict(_MUJOCO),
 }
 """Per-environment overrides, keyed by the id without its version (``"Hopper"`` for ``Hopper-v5``).
