@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from agents.common.checkpoint import load_checkpoint, save_checkpoint
@@ -320,7 +321,7 @@ class TRPO:
             epoch_losses = []
             for start in range(0, size, minibatch):
                 end = start + minibatch
-                loss = (self.critic(obs[start:end]) - returns[start:end]).square().mean()
+                loss = F.mse_loss(self.critic(obs[start:end]), returns[start:end])
                 self.value_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.value_optimizer.step()
