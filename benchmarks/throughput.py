@@ -24,6 +24,7 @@ only our numbers are printed.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import copy
 import statistics
@@ -134,8 +135,31 @@ def ours_steps_per_second(setting: Setting, options: dict[str, Any], steps: int,
     return agent.global_step / elapsed
 
 
-class OursUpdate:
-    """One fixed rollout and a saved actor: each call times one ``TRPO.update_policy`` from the same start."""
+class TimedUpdate(abc.ABC):
+    """One policy update from the same saved start at every call; ``__call__`` returns its seconds."""
+
+    product_seconds: list[float]  # every curvature product made inside the updates so far
+
+    def __call__(self) -> float:
+        self.restore()
+        start = time.perf_counter()
+        self.update()
+        return time.perf_counter() - start
+
+    @abc.abstractmethod
+    def restore(self) -> None:
+        """Put the policy (and any generator the update draws from) back to the saved start."""
+
+    @abc.abstractmethod
+    def update(self) -> None:
+        """One policy update on the fixed rollout."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class OursUpdate(TimedUpdate):
+    """``TRPO.update_policy`` on one fixed rollout, our curvature products timed."""
 
     def __init__(self, setting: Setting, options: dict[str, Any]) -> None:
         self.agent = TRPO(setting.env, seed=0, **options)
@@ -143,19 +167,16 @@ class OursUpdate:
         self.batch = self.agent.rollout_batch()
         self.saved = copy.deepcopy(self.agent.actor.state_dict())
         self.generator = self.agent.generator.get_state()
-        self.curvature = TimedCurvature(self.agent.policy_optimizer.curvature)
-        self.agent.policy_optimizer.curvature = self.curvature
+        curvature = TimedCurvature(self.agent.policy_optimizer.curvature)
+        self.agent.policy_optimizer.curvature = curvature
+        self.product_seconds = curvature.seconds
 
-    def __call__(self) -> float:
+    def restore(self) -> None:
         self.agent.actor.load_state_dict(self.saved)
         self.agent.generator.set_state(self.generator)
-        start = time.perf_counter()
-        self.agent.update_policy(self.batch)
-        return time.perf_counter() - start
 
-    @property
-    def product_seconds(self) -> list[float]:
-        return self.curvature.seconds
+    def update(self) -> None:
+        self.agent.update_policy(self.batch)
 
     def close(self) -> None:
         self.agent.close()
@@ -200,9 +221,9 @@ def sb3_steps_per_second(setting: Setting, steps: int, seed: int) -> float:
     return model.num_timesteps / elapsed
 
 
-class Sb3Update:
+class Sb3Update(TimedUpdate):
     """sb3-contrib's policy step on one full rollout buffer (``train`` with ``n_critic_updates = 0``),
-    from the same saved policy at every call; its Hessian-vector products are timed."""
+    its Hessian-vector products timed."""
 
     def __init__(self, setting: Setting) -> None:
         self.model = make_sb3(setting, 0)
@@ -210,16 +231,13 @@ class Sb3Update:
         self.model.n_critic_updates = 0
         self.saved = copy.deepcopy(self.model.policy.state_dict())
         self.products = CallTimer(self.model, "hessian_vector_product")
+        self.product_seconds = self.products.seconds
 
-    def __call__(self) -> float:
+    def restore(self) -> None:
         self.model.policy.load_state_dict(self.saved)
-        start = time.perf_counter()
-        self.model.train()
-        return time.perf_counter() - start
 
-    @property
-    def product_seconds(self) -> list[float]:
-        return self.products.seconds
+    def update(self) -> None:
+        self.model.train()
 
     def close(self) -> None:
         self.products.close()
@@ -266,7 +284,7 @@ def measure(
     for round_index in range(rounds):
         for name in order:
             rates[name].append(run(name, round_index))
-    updaters: dict[str, Any] = {name: OursUpdate(setting, variants[name]) for name in OURS}
+    updaters: dict[str, TimedUpdate] = {name: OursUpdate(setting, variants[name]) for name in OURS}
     if with_sb3:
         torch.set_num_threads(sb3_threads)
         updaters[SB3] = Sb3Update(setting)
