@@ -149,3 +149,21 @@ def test_rollouts_continue_across_iterations_with_the_autoreset_mask():
     np.testing.assert_array_equal(agent.buffer.valid[:, 0], [False, True])
     np.testing.assert_array_equal(agent.buffer.obs[1, 0], [0, 1])
     agent.close()
+
+
+def test_logged_returns_are_raw_when_rewards_are_normalised():
+    """Episode statistics are recorded inside each sub-environment, below reward normalisation and clipping."""
+    agent = TRPO(
+        "tests/ScriptedChain-v0",
+        seed=0,
+        num_envs=2,
+        n_steps=12,
+        normalize_obs=True,
+        normalize_reward=True,
+        clip_reward=0.5,
+    )
+    agent.rollout_networks = ScriptedCritic
+    agent.collect_rollout()
+    assert np.abs(agent.buffer.rewards).max() <= 0.5  # the buffer holds scaled, clipped rewards
+    assert sorted(agent.recent_returns) == [3.0, 3.0, 3.0, 3.0, 10.0, 10.0]  # two envs, three episodes each
+    assert agent.episodes == 6
