@@ -171,6 +171,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         "n_steps": 1024,
         "gamma": 0.9,
         "gae_lambda": 0.95,
+        "log_std_init": -0.5,
         "value_epochs": 15,
         "value_minibatch_size": 256,
     },
