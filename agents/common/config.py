@@ -182,7 +182,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 """Per-environment overrides, keyed by the id without its version (``"Hopper"`` for ``Hopper-v5``).
 
 Adapted from RL-Zoo's TRPO hyperparameters (2 environments, 512- or 1024-step rollouts, GAE
-0.95, 25 CG iterations on MuJoCo), with fewer critic epochs and a 20 % Fisher subsample on CartPole;
+0.95, 25 CG iterations on MuJoCo), with fewer critic epochs, a 20 % Fisher subsample on CartPole
+and a smaller initial standard deviation (log-std -0.5) on Pendulum and HalfCheetah;
 docs/agents.md lists and explains every entry.
 """
 

@@ -41,10 +41,10 @@ class GaussNewton(Curvature):
 
     Cost per product in gradients of the TRPO surrogate, on a 64-64 tanh MLP
     policy, one thread, CPU time (``benchmarks/curvature.py``, docs/benchmarks.md):
-    layer-wise 0.95 to 0.97 at batch 2,048 and 1.09 to 1.15 at 20,000; autograd
-    graphs 1.08 to 1.22; the double backward of the mean KL (:class:`KLHessian`)
-    1.9 to 2.2. ``torch.func`` alternatives were measured and not chosen:
-    vjp-of-vjp (the same graphs) 1.2 to 1.3, ``linearize`` 1.2 to 1.4 plus 8 to 46
+    layer-wise 0.86 to 0.91 at batch 2,048 and 1.12 to 1.13 at 20,000; autograd
+    graphs 1.12 to 1.24; the double backward of the mean KL (:class:`KLHessian`)
+    1.9 to 2.4. ``torch.func`` alternatives were measured and not chosen:
+    vjp-of-vjp (the same graphs) 1.2 to 1.3, ``linearize`` 1.3 to 1.4 plus 7 to 39
     gradients per build (it traces the model every step). An exact product needs
     about 4/3 of a gradient's matrix work (two products per layer in each of
     ``J v`` and ``Jᵀ w`` against three for a gradient), which is why no path goes

@@ -175,6 +175,11 @@ class LayerwiseLinearisation:
             and _only_user_is(step.source, step.node)
             and step.source in activations
         }
+        self._in_place = {  # activations whose source's tangent is a fresh product used nowhere else
+            step.node
+            for step in steps
+            if isinstance(step, _Activation) and _only_user_is(step.source, step.node) and step.source.op != "get_attr"
+        }
 
     def _forward(self, step: _Step, values: dict[fx.Node, Tensor], placeholders) -> Tensor:
         if isinstance(step, Input):
@@ -212,8 +217,8 @@ class LayerwiseLinearisation:
             elif step.node in self._tangent_slots:  # written straight into the next layer's [ẋ, x]
                 slot = self._tangent_slots[step.node]
                 tangents[step.node] = torch.mul(tangents[step.source], self._slopes[step.node], out=slot)
-            elif _only_user_is(step.source, step.node) and step.source.op != "get_attr":
-                tangents[step.node] = tangents[step.source].mul_(self._slopes[step.node])  # a fresh product
+            elif step.node in self._in_place:
+                tangents[step.node] = tangents[step.source].mul_(self._slopes[step.node])
             else:
                 tangents[step.node] = tangents[step.source] * self._slopes[step.node]
         constant = iter(self._output_like)
