@@ -1,47 +1,43 @@
 """trustregion: trust-region optimizers for PyTorch with pluggable curvature, solver and step control.
 
+Two :class:`torch.optim.Optimizer` classes, one algorithm each:
+
+* :class:`TrustRegionOptimizer`: the KL-constrained natural step of TRPO and NPG;
+* :class:`TrustRegionMinimizer`: radius-controlled minimisation (Newton-CG, Gauss-Newton,
+  Levenberg-Marquardt).
+
 >>> from trustregion import TrustRegionOptimizer
 >>> opt = TrustRegionOptimizer(model.parameters(), max_kl=0.01)   # doctest: +SKIP
 >>> opt.step(lambda: (surrogate_loss(), mean_kl()))                # doctest: +SKIP
+
+Data objects the extension interfaces pass around (``SolverResult``, ``SearchProblem``,
+``Ball``, the control states) are importable from their modules.
 """
 
+from trustregion.control import LevenbergMarquardt, RadiusControl, TrustRadius
 from trustregion.curvature import (
     Curvature,
     Damped,
     GaussNewton,
     Hessian,
     KLHessian,
-    LinearOperator,
     ResidualGaussNewton,
-    SquaredError,
     StepProblem,
 )
-from trustregion.distributions import (
+from trustregion.minimizer import TrustRegionMinimizer
+from trustregion.operator import LinearOperator
+from trustregion.optimizer import TrustRegionOptimizer
+from trustregion.outputs import (
     BernoulliFisher,
     CategoricalFisher,
     DiagonalGaussianFisher,
     MultiCategoricalFisher,
     OutputFisher,
+    SquaredError,
 )
-from trustregion.optimizer import TrustRegionOptimizer
-from trustregion.result import (
-    Reason,
-    SearchResult,
-    SolverReason,
-    SolverResult,
-    StepResult,
-)
-from trustregion.search import (
-    BacktrackingLineSearch,
-    LevenbergMarquardt,
-    LineSearch,
-    NoLineSearch,
-    RadiusController,
-    SearchProblem,
-    TrialPoint,
-    TrustRadius,
-)
-from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, SteihaugCG, TrustRegion
+from trustregion.result import KLStepResult, RadiusStepResult, Reason, StepResult
+from trustregion.search import BacktrackingLineSearch, LineSearch, NoLineSearch
+from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, SteihaugCG
 
 __version__ = "0.1.0"
 
@@ -57,26 +53,23 @@ __all__ = [
     "GaussNewton",
     "Hessian",
     "KLHessian",
+    "KLStepResult",
     "LevenbergMarquardt",
     "LineSearch",
     "LinearOperator",
     "MultiCategoricalFisher",
     "NoLineSearch",
     "OutputFisher",
-    "RadiusController",
+    "RadiusControl",
+    "RadiusStepResult",
     "Reason",
     "ResidualGaussNewton",
-    "SearchProblem",
-    "SearchResult",
     "Solver",
-    "SolverReason",
-    "SolverResult",
     "SquaredError",
     "SteihaugCG",
     "StepProblem",
     "StepResult",
-    "TrialPoint",
     "TrustRadius",
-    "TrustRegion",
+    "TrustRegionMinimizer",
     "TrustRegionOptimizer",
 ]

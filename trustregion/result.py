@@ -1,14 +1,15 @@
-"""Result objects: what one solve and one optimizer step did, with numbers.
+"""Result objects: what one solve and one optimizer step did, with numbers and a reason.
 
-Modelled on :class:`scipy.optimize.OptimizeResult`: every step leaves a record of
-why it stopped and what it measured, so that a failed step is never silent.
+Modelled on :class:`scipy.optimize.OptimizeResult` and optimistix's ``RESULTS``: every step
+leaves a record of why it stopped and what it measured, and every reason carries a sentence a
+user can act on, so that a failed step is never silent.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,8 +33,32 @@ class SolverReason(enum.Enum):
     """A dense (direct) factorisation was used."""
 
 
+_MESSAGES = {
+    "accepted": "the step was taken",
+    "line_search_exhausted": (
+        "no trial point both improved the loss and kept the constraint within max_kl; the parameters are unchanged "
+        "(usual now and then in TRPO; if it happens every step, check that the loss and the constraint are "
+        "computed from the same batch, or raise the line search's max_backtracks)"
+    ),
+    "nonfinite_loss": "the loss was NaN or infinite; look for a log of 0 or an overflow in the closure",
+    "nonfinite_constraint": "the constraint was NaN or infinite; look for a log of 0 in the KL",
+    "nonfinite_gradient": "the gradient was NaN or infinite; look for a non-differentiable point or an overflow",
+    "nonfinite_product": "a curvature product was NaN or infinite; the curvature's model outputs are not finite",
+    "non_positive_curvature": (
+        "the solver's direction has sᵀAs <= 0 or gᵀs <= 0; give the curvature damping (Damped(..., 0.1)) or a "
+        "positive semidefinite operator"
+    ),
+    "zero_gradient": "the loss gradient is exactly zero: the loss does not depend on the parameters here",
+    "insufficient_decrease": (
+        "the loss fell by too little of the model's prediction (ρ <= η); the radius shrinks (or the damping "
+        "grows) and the next step tries again"
+    ),
+    "converged": "‖∇loss‖ <= gtol and no negative curvature was found; the minimum is reached",
+}
+
+
 class Reason(enum.Enum):
-    """Why :meth:`TrustRegionOptimizer.step` accepted or rejected its step."""
+    """Why an optimizer step accepted or rejected its step; :attr:`message` says what to do about it."""
 
     ACCEPTED = "accepted"
     LINE_SEARCH_EXHAUSTED = "line_search_exhausted"
@@ -44,9 +69,19 @@ class Reason(enum.Enum):
     NON_POSITIVE_CURVATURE = "non_positive_curvature"
     ZERO_GRADIENT = "zero_gradient"
     INSUFFICIENT_DECREASE = "insufficient_decrease"
-    """Radius controller: the loss fell by at most ``η`` times the predicted reduction (``ρ <= η``)."""
+    """Radius control: the loss fell by at most ``η`` times the predicted reduction (``ρ <= η``)."""
     CONVERGED = "converged"
-    """Radius controller: ``‖∇loss‖ <= gtol`` and no negative curvature was found; no step taken."""
+    """Radius control: ``‖∇loss‖ <= gtol`` and no negative curvature was found; no step taken."""
+
+    @property
+    def message(self) -> str:
+        """What happened, in a sentence, and what to try."""
+        return _MESSAGES[self.value]
+
+    @property
+    def nonfinite(self) -> bool:
+        """True for the reasons caused by a NaN or an infinity."""
+        return self.value.startswith("nonfinite")
 
 
 @dataclass
@@ -54,13 +89,13 @@ class SolverResult:
     """The outcome of solving ``A s = g`` for the search direction ``s``.
 
     The scalars are the ones the solver already knows, so the optimizer needs no
-    extra curvature product: ``curvature = sᵀAs`` and ``gradient_dot = gᵀs``.
+    extra curvature product: ``curvature = sᵀAs`` and ``gradient_dot = gᵀs``. The
+    operator itself counts the products (:attr:`LinearOperator.products`).
     """
 
     direction: torch.Tensor
     reason: SolverReason
     iterations: int
-    products: int
     relative_residual: float
     curvature: float
     gradient_dot: float
@@ -77,39 +112,13 @@ class SolverResult:
 
 
 @dataclass
-class SearchResult:
-    """The outcome of a step controller (line search or radius rule).
-
-    ``fraction`` is the accepted multiple of the proposed step (0 when rejected).
-    A radius controller also returns its next state (e.g. ``{"trust_radius": Δ}``),
-    which the optimizer keeps in its ``state`` (and so in ``state_dict()``).
-    """
-
-    accepted: bool
-    fraction: float
-    loss: float
-    constraint: float | None
-    backtracks: int
-    closure_calls: int
-    controller_state: dict[str, float] | None = None
-
-
-@dataclass
 class StepResult:
-    """Everything one :meth:`TrustRegionOptimizer.step` did, with its numbers.
+    """What one optimizer step did: the fields both optimizers share.
 
-    Symbols follow ``docs/math.md``: ``g`` is the negative loss gradient, ``s`` the
-    solver's direction, ``β = sqrt(2δ / sᵀAs)`` the step scale, so the proposed step
-    is ``Δθ = β s`` and the expected improvement (linear model) is ``β gᵀs``.
-
-    Under a radius controller (:class:`~trustregion.TrustRadius`,
-    :class:`~trustregion.LevenbergMarquardt`) there is no ``β``: ``Δθ = s`` lies in
-    the trust region of radius ``radius``, ``expected_improvement`` is the
-    quadratic model's predicted reduction ``gᵀs - ½ sᵀAs`` and
-    :attr:`improvement_ratio` is the ratio ``ρ`` that drives the radius.
-    ``extra`` then holds ``step_norm`` (``‖s‖`` in the region's metric), the
-    ``damping`` used, and ``min_curvature`` when the curvature was probed at a
-    stationary point.
+    Symbols follow ``docs/math.md``: ``g`` is the negative loss gradient and ``s``
+    the solver's direction. :class:`KLStepResult` (from
+    :class:`~trustregion.TrustRegionOptimizer`) and :class:`RadiusStepResult` (from
+    :class:`~trustregion.TrustRegionMinimizer`) add what their algorithm measures.
     """
 
     accepted: bool
@@ -119,17 +128,12 @@ class StepResult:
     expected_improvement: float = math.nan
     actual_improvement: float = math.nan
     constraint_after: float | None = None
-    step_scale: float = math.nan
-    step_fraction: float = 0.0
     gradient_norm: float = math.nan
     solver_iterations: int = 0
     solver_residual: float = math.nan
     solver_reason: SolverReason | None = None
-    backtracks: int = 0
     closure_calls: int = 0
     curvature_products: int = 0
-    radius: float = math.nan
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def kl_after(self) -> float | None:
@@ -142,3 +146,33 @@ class StepResult:
         if not self.expected_improvement or math.isnan(self.expected_improvement):
             return math.nan
         return self.actual_improvement / self.expected_improvement
+
+
+@dataclass
+class KLStepResult(StepResult):
+    """A KL-constrained step: ``Δθ = β s`` with ``β = sqrt(2δ / sᵀAs)``, then a line search.
+
+    ``expected_improvement`` is the linear model's ``β gᵀs``; ``step_fraction`` the
+    multiple of ``Δθ`` the line search took (0 when rejected).
+    """
+
+    step_scale: float = math.nan
+    step_fraction: float = 0.0
+    backtracks: int = 0
+
+
+@dataclass
+class RadiusStepResult(StepResult):
+    """A radius-controlled step: ``Δθ = s`` inside the region, taken or not on ``ρ``.
+
+    ``expected_improvement`` is the quadratic model's predicted reduction
+    ``gᵀs - ½ sᵀAs``; :attr:`improvement_ratio` is the ``ρ`` that drives the control.
+    ``step_norm`` is ``‖s‖`` in the region's metric, ``damping`` the ``μ`` the solver
+    saw, and ``min_curvature`` the Lanczos estimate of ``λ_min(A)`` when the
+    curvature was probed at a stationary point (``nan`` otherwise).
+    """
+
+    radius: float = math.nan
+    damping: float = 0.0
+    step_norm: float = math.nan
+    min_curvature: float = math.nan

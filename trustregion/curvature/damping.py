@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion._validation import check_instance, check_nonnegative
+from trustregion.curvature.base import Curvature, StepProblem
+from trustregion.operator import LinearOperator
 
 
 class Damped(Curvature):
@@ -20,12 +20,8 @@ class Damped(Curvature):
     """
 
     def __init__(self, curvature: Curvature, damping: float = 0.1) -> None:
-        if not isinstance(curvature, Curvature):
-            raise TypeError(f"curvature must be a Curvature (e.g. KLHessian()); got {type(curvature).__name__}")
-        if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
-            raise ValueError(f"damping must be a finite number >= 0 (got {damping!r}); 0.1 is the TRPO default")
-        self.curvature = curvature
-        self.damping = float(damping)
+        self.curvature = check_instance("curvature", curvature, Curvature, "KLHessian()")
+        self.damping = check_nonnegative("damping", damping, "0.1 is the TRPO default")
         self.needs_loss_graph = curvature.needs_loss_graph
 
     def build(self, problem: StepProblem) -> LinearOperator:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from trustregion._validation import check_callable, check_instance
 from trustregion._vectors import flatten, split_like
-from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion.curvature.base import Curvature, StepProblem
 from trustregion.curvature.layerwise import Input, LayerwiseLinearisation, trace
-from trustregion.distributions import OutputFisher
+from trustregion.operator import LinearOperator
+from trustregion.outputs import OutputFisher
 
 OutputFunction = Callable[..., object]
 
@@ -21,7 +24,7 @@ class GaussNewton(Curvature):
 
     ``J = ∂z/∂θ`` is the Jacobian of the model outputs ``z = f(θ)`` (the
     distribution parameters for every input of the batch) and ``M`` the Fisher
-    of the output distribution (:mod:`trustregion.distributions`). For a KL
+    of the output distribution (:mod:`trustregion.outputs`). For a KL
     between distributions of the same family this equals the KL Hessian at
     ``θ_old`` (Martens, "New insights and perspectives on the natural gradient
     method", 2020, sec. 9), and it is PSD by construction.
@@ -39,17 +42,10 @@ class GaussNewton(Curvature):
       gives its transpose ``v -> J v = ∂(vᵀJᵀu)/∂u``. Like :class:`KLHessian`, this
       needs the model's operations to be twice differentiable.
 
-    Cost per product in gradients of the TRPO surrogate, on a 64-64 tanh MLP
-    policy, one thread, CPU time (``benchmarks/curvature.py``, docs/benchmarks.md):
-    layer-wise 0.86 to 0.91 at batch 2,048 and 1.12 to 1.13 at 20,000; autograd
-    graphs 1.12 to 1.24; the double backward of the mean KL (:class:`KLHessian`)
-    1.9 to 2.4. ``torch.func`` alternatives were measured and not chosen:
-    vjp-of-vjp (the same graphs) 1.2 to 1.3, ``linearize`` 1.3 to 1.4 plus 7 to 39
-    gradients per build (it traces the model every step). An exact product needs
-    about 4/3 of a gradient's matrix work (two products per layer in each of
-    ``J v`` and ``Jᵀ w`` against three for a gradient), which is why no path goes
-    much below 1.0. Memory: the layer-wise path keeps a ``[ẋ, x]`` buffer per layer,
-    25 % more than the autograd graphs at batch 20,000 (65 against 52 MiB).
+    The layer-wise path costs less than a gradient of the TRPO surrogate per
+    product, the autograd path slightly more, and both well under the double
+    backward of :class:`KLHessian`; docs/benchmarks.md has the measurements
+    (``benchmarks/curvature.py``).
 
     Args:
         outputs: ``outputs(*params) -> z``, a pure function of the optimized
@@ -59,26 +55,25 @@ class GaussNewton(Curvature):
     """
 
     def __init__(self, outputs: OutputFunction, fisher: OutputFisher) -> None:
-        if not callable(outputs):
-            raise TypeError("outputs must be callable: outputs(*params) -> distribution parameters")
-        if not isinstance(fisher, OutputFisher):
-            raise TypeError(f"fisher must be an OutputFisher (e.g. CategoricalFisher()); got {type(fisher).__name__}")
-        self.outputs = outputs
-        self.fisher = fisher
+        self.outputs = check_callable("outputs", outputs, "outputs(*params) -> distribution parameters")
+        self.fisher = check_instance("fisher", fisher, OutputFisher, "CategoricalFisher()")
+        self._module_params: list[Tensor] | None = None
+        self._traced: object | None = None
 
     @classmethod
     def for_module(
         cls,
         module: nn.Module,
-        inputs: Callable[[], object],
+        inputs: Tensor | tuple[Tensor, ...],
         fisher: OutputFisher,
         *,
         layerwise: bool = True,
     ) -> GaussNewton:
-        """Gauss-Newton of ``module(*inputs())`` in the module's own parameters.
+        """Gauss-Newton of ``module(*inputs)`` in the module's own parameters.
 
-        ``inputs`` is called at every :meth:`build`, so it can return the current
-        batch (or a subsample of it). The optimizer must hold exactly
+        ``inputs`` is the batch (a tensor, or a tuple of the forward's arguments);
+        :meth:`with_inputs` gives the same operator on another batch without
+        reading the module again. The optimizer must hold exactly
         ``module.parameters()``, in that order.
 
         With ``layerwise=True`` (the default), a module made only of linear layers
@@ -88,17 +83,19 @@ class GaussNewton(Curvature):
         ``Jᵀ M J v``, cheaper than the autograd graphs. Any other module uses the
         autograd path; ``layerwise=False`` forces it.
         """
+        check_instance("module", module, nn.Module, "the policy network")
         names = [name for name, _ in module.named_parameters()]
-
-        def module_outputs(*params: Tensor) -> object:
-            args = inputs()
-            args = args if isinstance(args, tuple) else (args,)
-            return torch.func.functional_call(module, dict(zip(names, params, strict=True)), args)
-
-        operator = cls(module_outputs, fisher)
+        operator = cls(_ModuleOutputs(module, names, _as_inputs(inputs)), fisher)
         operator._module_params = list(module.parameters())
-        if layerwise:
-            operator._layerwise = (trace(module, names), inputs)
+        operator._traced = trace(module, names) if layerwise else None
+        return operator
+
+    def with_inputs(self, inputs: Tensor | tuple[Tensor, ...]) -> GaussNewton:
+        """The same operator on another batch (a :meth:`for_module` operator only; the trace is reused)."""
+        if not isinstance(self.outputs, _ModuleOutputs):
+            raise TypeError("with_inputs needs an operator from GaussNewton.for_module(module, inputs, fisher)")
+        operator = copy.copy(self)
+        operator.outputs = self.outputs.on(_as_inputs(inputs))
         return operator
 
     def build(self, problem: StepProblem) -> LinearOperator:
@@ -119,18 +116,16 @@ class GaussNewton(Curvature):
         return LinearOperator(gauss_newton_product, dim, positive_semidefinite=True)
 
     def _layerwise_linearisation(self, params: list[Tensor]) -> LayerwiseLinearisation | None:
-        traced, inputs = getattr(self, "_layerwise", (None, None))
-        if traced is None:
+        if self._traced is None:
             return None
-        args = inputs()
-        args = args if isinstance(args, tuple) else (args,)
-        steps, output = traced
-        if sum(isinstance(step, Input) for step in steps) != len(args):
+        steps, output = self._traced
+        inputs = self.outputs.inputs
+        if sum(isinstance(step, Input) for step in steps) != len(inputs):
             return None
-        return LayerwiseLinearisation(steps, output, params, args)
+        return LayerwiseLinearisation(steps, output, params, inputs)
 
     def _check_params(self, params: Sequence[Tensor]) -> None:
-        expected = getattr(self, "_module_params", None)
+        expected = self._module_params
         if expected is None:
             return
         if len(expected) != len(params) or any(a is not b for a, b in zip(expected, params, strict=True)):
@@ -138,6 +133,32 @@ class GaussNewton(Curvature):
                 "GaussNewton.for_module(module, ...) needs the optimizer to hold exactly "
                 "module.parameters() in order; build the optimizer from the same module"
             )
+
+    def __repr__(self) -> str:
+        return f"GaussNewton({self.fisher!r})"
+
+
+class _ModuleOutputs:
+    """``outputs(*params) = module(*inputs)`` evaluated with ``params`` in place of the module's own."""
+
+    def __init__(self, module: nn.Module, names: list[str], inputs: tuple[Tensor, ...]) -> None:
+        self.module, self.names, self.inputs = module, names, inputs
+
+    def on(self, inputs: tuple[Tensor, ...]) -> _ModuleOutputs:
+        return _ModuleOutputs(self.module, self.names, inputs)
+
+    def __call__(self, *params: Tensor) -> object:
+        return torch.func.functional_call(self.module, dict(zip(self.names, params, strict=True)), self.inputs)
+
+
+def _as_inputs(inputs: object) -> tuple[Tensor, ...]:
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError(
+            "inputs must be the batch: a tensor, or a tuple of the module's forward arguments "
+            f"(got {tuple(type(t).__name__ for t in inputs)}); for a new batch use with_inputs(batch)"
+        )
+    return inputs
 
 
 class _Linearisation:

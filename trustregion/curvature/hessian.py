@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from trustregion._vectors import flat_gradient, flatten, gradients, split_like
-from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion.curvature.base import Curvature, StepProblem
+from trustregion.operator import LinearOperator
 
 
 class Hessian(Curvature):

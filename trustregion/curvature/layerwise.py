@@ -19,8 +19,8 @@ run on strided memory; on a 64-64 tanh MLP at batch 2,048 that was about a third
 layer) is the one exception: on a CPU it is computed as ``(W xᵀ)ᵀ``, see :func:`_linear`.
 
 The network is read with :func:`torch.fx.symbolic_trace`. Any operation outside the list above,
-or a module that cannot be traced, makes :func:`layerwise_linearisation` return ``None`` and the
-caller keeps the autograd path, so the result never depends on which path ran.
+or a module that cannot be traced, makes :func:`trace` return ``None`` and :class:`~trustregion.GaussNewton`
+keeps the autograd path, so the result never depends on which path ran.
 """
 
 from __future__ import annotations
@@ -271,9 +271,10 @@ class LayerwiseLinearisation:
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x Wᵀ + b``; on a CPU, a layer with a few outputs from a wide input is computed as ``(W xᵀ)ᵀ``.
 
-    A product with 2 to 16 columns is a poor shape for the CPU matrix kernels: for the output layer
-    of a policy (a 128-wide ``[ẋ, x]`` into 2 or 3 outputs, batch 2,048) the transposed product
-    measured 2-4.7× faster. The result is a transposed view, which every later step accepts.
+    A product with 2 to 16 columns is a poor shape for the CPU matrix kernels, such as the output
+    layer of a policy (a 128-wide ``[ẋ, x]`` into 2 or 3 outputs); the transposed product is several
+    times faster there (docs/benchmarks.md). The result is a transposed view, which every later step
+    accepts.
     """
     if x.device.type == "cpu" and x.dim() == 2 and 2 <= weight.shape[0] <= 16 and weight.shape[1] >= 32:
         product = (weight @ x.t()).t()

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from torch import Tensor
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_leaves
 
-from trustregion.curvature.base import Curvature, LinearOperator, StepProblem
+from trustregion.curvature.base import Curvature, StepProblem
 from trustregion.curvature.gauss_newton import GaussNewton
-from trustregion.distributions import OutputFisher, OutputProduct
+from trustregion.operator import LinearOperator
+from trustregion.outputs import SquaredError
 
 Residuals = Callable[..., Tensor]
-
-
-class SquaredError(OutputFisher):
-    """``M = c I``: the output-space curvature of the squared error ``½ c ‖z - y‖²``.
-
-    With it, ``GaussNewton.for_module(model, inputs, SquaredError(1 / N))`` is the
-    Gauss-Newton matrix ``(1/N) JᵀJ`` of a regression loss ``(1/2N) Σ ‖f(x) - y‖²``
-    (the targets drop out: ``J`` is the Jacobian of the model outputs). It is
-    also the Fisher of a unit-variance Gaussian with mean ``z``.
-
-    Args:
-        scale: ``c > 0``; 1 for ``½ Σ r²``, ``1/N`` for ``½ mean(r²)`` over ``N``
-            residuals.
-    """
-
-    def __init__(self, scale: float = 1.0) -> None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a finite number > 0 (got {scale!r}); 1 for ½Σr², 1/N for ½ mean(r²)")
-        self.scale = float(scale)
-
-    def bind(self, outputs: object) -> OutputProduct:
-        scale = self.scale
-        return lambda tangent: tree_map(lambda t: scale * t, tangent)
-
-    def __repr__(self) -> str:
-        return f"SquaredError(scale={self.scale})"
 
 
 class ResidualGaussNewton(Curvature):

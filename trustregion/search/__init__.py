@@ -1,17 +1,7 @@
-"""Step controllers: what to do with the proposed step."""
+"""Line searches: which multiple of the KL-scaled step to take."""
 
 from trustregion.search.backtracking import BacktrackingLineSearch
-from trustregion.search.base import LineSearch, RadiusController, SearchProblem, TrialPoint
+from trustregion.search.base import LineSearch, SearchProblem, SearchResult, TrialPoint
 from trustregion.search.none import NoLineSearch
-from trustregion.search.radius import LevenbergMarquardt, TrustRadius
 
-__all__ = [
-    "BacktrackingLineSearch",
-    "LevenbergMarquardt",
-    "LineSearch",
-    "NoLineSearch",
-    "RadiusController",
-    "SearchProblem",
-    "TrialPoint",
-    "TrustRadius",
-]
+__all__ = ["BacktrackingLineSearch", "LineSearch", "NoLineSearch", "SearchProblem", "SearchResult", "TrialPoint"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from trustregion.result import SearchResult
-from trustregion.search.base import LineSearch, SearchProblem, TrialPoint
+from trustregion._validation import check_integer, check_interval
+from trustregion.search.base import LineSearch, SearchProblem, SearchResult, TrialPoint
 
 
 class BacktrackingLineSearch(LineSearch):
@@ -42,20 +42,12 @@ class BacktrackingLineSearch(LineSearch):
         min_improvement_ratio: float = 0.0,
         kl_rtol: float = 1e-6,
     ) -> None:
-        if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
-            raise ValueError(f"max_backtracks must be an integer >= 0 (got {max_backtracks!r}); TRPO uses 10")
-        if not (isinstance(ratio, (int, float)) and 0.0 < ratio < 1.0):
-            raise ValueError(f"ratio must be in the open interval (0, 1) (got {ratio!r}); TRPO uses 0.5-0.8")
-        if not (isinstance(min_improvement_ratio, (int, float)) and 0.0 <= min_improvement_ratio < 1.0):
-            raise ValueError(
-                f"min_improvement_ratio must be in [0, 1) (got {min_improvement_ratio!r}); baselines uses 0.1"
-            )
-        if not (isinstance(kl_rtol, (int, float)) and 0.0 <= kl_rtol <= 1e-3):
-            raise ValueError(f"kl_rtol must be in [0, 1e-3] (got {kl_rtol!r}); it only absorbs rounding")
-        self.max_backtracks = max_backtracks
-        self.kl_rtol = float(kl_rtol)
-        self.ratio = float(ratio)
-        self.min_improvement_ratio = float(min_improvement_ratio)
+        self.max_backtracks = check_integer("max_backtracks", max_backtracks, 0, "TRPO uses 10")
+        self.ratio = check_interval("ratio", ratio, 0.0, 1.0, "TRPO uses 0.5-0.8", closed="neither")
+        self.min_improvement_ratio = check_interval(
+            "min_improvement_ratio", min_improvement_ratio, 0.0, 1.0, "baselines uses 0.1", closed="left"
+        )
+        self.kl_rtol = check_interval("kl_rtol", kl_rtol, 0.0, 1e-3, "it only absorbs rounding")
 
     def __call__(self, problem: SearchProblem) -> SearchResult:
         point = TrialPoint(math.nan, None)
@@ -63,14 +55,13 @@ class BacktrackingLineSearch(LineSearch):
             fraction = self.ratio**backtracks
             point = problem.trial(fraction)
             if self._acceptable(point, fraction, problem):
-                return SearchResult(True, fraction, point.loss, point.constraint, backtracks, backtracks + 1)
-        calls = self.max_backtracks + 1
-        return SearchResult(False, 0.0, point.loss, point.constraint, self.max_backtracks, calls)
+                return SearchResult(True, fraction, point.loss, point.constraint, backtracks)
+        return SearchResult(False, 0.0, point.loss, point.constraint, self.max_backtracks)
 
     def _acceptable(self, point: TrialPoint, fraction: float, problem: SearchProblem) -> bool:
         if not math.isfinite(point.loss):
             return False
-        bound = problem.max_constraint * (1.0 + self.kl_rtol)
+        bound = problem.max_kl * (1.0 + self.kl_rtol)
         if point.constraint is not None and not (math.isfinite(point.constraint) and point.constraint <= bound):
             return False
         improvement = problem.loss_before - point.loss

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from trustregion.result import SearchResult
-from trustregion.search.base import LineSearch, SearchProblem
+from trustregion.search.base import LineSearch, SearchProblem, SearchResult
 
 
 class NoLineSearch(LineSearch):
@@ -19,7 +18,7 @@ class NoLineSearch(LineSearch):
     def __call__(self, problem: SearchProblem) -> SearchResult:
         point = problem.trial(1.0)
         finite = math.isfinite(point.loss) and (point.constraint is None or math.isfinite(point.constraint))
-        return SearchResult(finite, 1.0 if finite else 0.0, point.loss, point.constraint, 0, 1)
+        return SearchResult(finite, 1.0 if finite else 0.0, point.loss, point.constraint, 0)
 
     def __repr__(self) -> str:
         return "NoLineSearch()"

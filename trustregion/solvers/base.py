@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from trustregion.curvature.base import LinearOperator
+from trustregion.operator import LinearOperator
 from trustregion.result import SolverReason, SolverResult
 
 Metric = Literal["euclidean", "operator"]
@@ -18,7 +18,7 @@ METRICS: tuple[str, ...] = ("euclidean", "operator")
 
 
 @dataclass(frozen=True)
-class TrustRegion:
+class Ball:
     r"""The ball ``‖s‖ <= radius`` a trust-region solve must keep its step in.
 
     ``metric="euclidean"`` measures ``‖s‖₂``; ``metric="operator"`` measures the
@@ -44,7 +44,7 @@ class TrustRegion:
             raise ValueError(f"metric must be one of {METRICS} (got {self.metric!r})")
 
     @classmethod
-    def kl(cls, max_kl: float) -> TrustRegion:
+    def kl(cls, max_kl: float) -> Ball:
         """The region ``½ sᵀAs <= max_kl`` (TRPO's quadratic KL bound): ``‖s‖_A <= sqrt(2 max_kl)``."""
         return cls(math.sqrt(2.0 * max_kl), "operator")
 
@@ -67,12 +67,13 @@ class Solver(abc.ABC):
     def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
         """Solve ``A s = rhs``; never raise on non-finite products, report them."""
 
-    def solve_in_region(self, operator: LinearOperator, rhs: Tensor, region: TrustRegion) -> SolverResult:
+    def solve_in_region(self, operator: LinearOperator, rhs: Tensor, region: Ball) -> SolverResult:
         """Approximately minimise ``q(s) = ½ sᵀAs - rhsᵀs`` subject to ``‖s‖ <= region.radius``.
 
         The default ignores the region and returns ``self(operator, rhs)``: the
-        optimizer then scales the step itself (by ``β`` to the KL boundary under a
-        line search, or back onto the ball under a radius controller). Truncated
+        optimizer then scales the step itself (by ``β`` to the KL boundary in
+        :class:`~trustregion.TrustRegionOptimizer`, or back onto the ball in
+        :class:`~trustregion.TrustRegionMinimizer`). Truncated
         solvers such as :class:`~trustregion.SteihaugCG` override this and stop at
         the boundary.
         """
@@ -85,7 +86,6 @@ def solver_result(
     residual: Tensor,
     reason: SolverReason,
     iterations: int,
-    products: int,
     rhs_norm: float,
 ) -> SolverResult:
     """The :class:`SolverResult` of ``solution`` from its residual ``r = rhs - A·solution``.
@@ -102,7 +102,6 @@ def solver_result(
         direction=solution,
         reason=reason,
         iterations=iterations,
-        products=products,
         relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
         curvature=curvature_value,
         gradient_dot=gradient_dot_value,

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from trustregion.curvature.base import LinearOperator
+from trustregion._validation import check_callable, check_integer, check_nonnegative
+from trustregion.operator import LinearOperator
 from trustregion.result import SolverReason, SolverResult
 from trustregion.solvers.base import Solver, solver_result
 
@@ -42,14 +43,10 @@ class ConjugateGradient(Solver):
     """
 
     def __init__(self, max_iter: int = 10, tol: float = 1e-10, preconditioner: Preconditioner | None = None) -> None:
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1 (got {max_iter!r}); TRPO uses 10")
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-            raise ValueError(f"tol must be a finite number >= 0 (got {tol!r})")
-        if preconditioner is not None and not callable(preconditioner):
-            raise TypeError("preconditioner must be callable: r -> P⁻¹ r")
-        self.max_iter = max_iter
-        self.tol = float(tol)
+        self.max_iter = check_integer("max_iter", max_iter, 1, "TRPO uses 10")
+        self.tol = check_nonnegative("tol", tol)
+        if preconditioner is not None:
+            check_callable("preconditioner", preconditioner, "r -> P⁻¹ r")
         self.preconditioner = preconditioner
 
     def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
@@ -58,15 +55,14 @@ class ConjugateGradient(Solver):
         residual = rhs.clone()
         rhs_norm = torch.linalg.vector_norm(rhs).item()
         if rhs_norm == 0.0:
-            return solver_result(solution, rhs, residual, SolverReason.ZERO_RHS, 0, 0, rhs_norm)
+            return solver_result(solution, rhs, residual, SolverReason.ZERO_RHS, 0, rhs_norm)
         preconditioned = precondition(residual)
         direction = preconditioned.clone()
         residual_dot = residual @ preconditioned
         reason = SolverReason.MAX_ITERATIONS
-        iterations = products = 0
+        iterations = 0
         while iterations < self.max_iter:
             product = operator(direction)
-            products += 1
             curvature = direction @ product
             curvature_value, residual_dot_value = torch.stack([curvature, residual_dot]).tolist()
             if not math.isfinite(curvature_value) or not math.isfinite(residual_dot_value):
@@ -86,7 +82,7 @@ class ConjugateGradient(Solver):
             new_residual_dot = residual @ preconditioned
             direction = preconditioned + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
-        return solver_result(solution, rhs, residual, reason, iterations, products, rhs_norm)
+        return solver_result(solution, rhs, residual, reason, iterations, rhs_norm)
 
     def __repr__(self) -> str:
         return f"ConjugateGradient(max_iter={self.max_iter}, tol={self.tol:g})"

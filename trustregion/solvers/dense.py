@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trustregion.curvature.base import LinearOperator
+from trustregion.operator import LinearOperator
 from trustregion.result import SolverReason, SolverResult
 from trustregion.solvers.base import Solver
 
@@ -23,7 +23,7 @@ class DenseSolver(Solver):
         matrix = 0.5 * (matrix + matrix.T)
         if not torch.isfinite(matrix).all():
             zero = torch.zeros_like(rhs)
-            return SolverResult(zero, SolverReason.NONFINITE, 0, operator.dim, float("nan"), float("nan"), 0.0)
+            return SolverResult(zero, SolverReason.NONFINITE, 0, float("nan"), float("nan"), 0.0)
         solution = torch.linalg.pinv(matrix, hermitian=True) @ rhs
         curvature = (solution @ matrix @ solution).item()
         rhs_norm = torch.linalg.vector_norm(rhs).item()
@@ -33,7 +33,6 @@ class DenseSolver(Solver):
             direction=solution,
             reason=reason,
             iterations=1,
-            products=operator.dim,
             relative_residual=residual / rhs_norm if rhs_norm > 0 else 0.0,
             curvature=curvature,
             gradient_dot=(rhs @ solution).item(),

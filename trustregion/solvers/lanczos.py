@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustregion.curvature.base import LinearOperator
+from trustregion._validation import check_integer
+from trustregion.operator import LinearOperator
 
 
 @dataclass
@@ -43,8 +44,7 @@ def smallest_eigenpair(operator: LinearOperator, like: Tensor, iterations: int, 
         iterations: the cap on products (>= 1).
         seed: the start vector's seed (deterministic).
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1 (got {iterations!r})")
+    check_integer("iterations", iterations, 1)
     generator = torch.Generator(device=like.device).manual_seed(seed)
     start = torch.randn(like.numel(), generator=generator, dtype=like.dtype, device=like.device)
     basis = [start / torch.linalg.vector_norm(start)]

@@ -7,11 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from trustregion.curvature.base import LinearOperator
+from trustregion._validation import check_integer, check_nonnegative
+from trustregion.operator import LinearOperator
 from trustregion.result import SolverReason, SolverResult
-from trustregion.solvers.base import Solver, TrustRegion, solver_result
+from trustregion.solvers.base import Ball, Solver, solver_result
 
-_UNBOUNDED = TrustRegion(math.inf)
+_UNBOUNDED = Ball(math.inf)
 
 
 class SteihaugCG(Solver):
@@ -39,8 +40,8 @@ class SteihaugCG(Solver):
     to ``A⁻¹g`` lies on the ray through it); Steihaug's boundary point is its
     Krylov approximation, reached in fewer products when the natural-gradient
     step is long compared with ``δ``. Used as the solver of a
-    :class:`~trustregion.TrustRegionOptimizer` with a line search, it receives
-    ``TrustRegion.kl(max_kl)``.
+    :class:`~trustregion.BallOptimizer` with a line search, it receives
+    ``Ball.kl(max_kl)``.
 
     ``sᵀAs`` and ``gᵀs`` come from vectors already formed (``A s = g - r``,
     plus ``τ A p`` for a boundary point), so the predicted reduction
@@ -59,12 +60,10 @@ class SteihaugCG(Solver):
     """
 
     def __init__(self, max_iter: int | None = None, tol: float | None = None) -> None:
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
-            raise ValueError(f"max_iter must be an integer >= 1 or None for the dimension (got {max_iter!r})")
-        if tol is not None and not (
-            isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol) and tol >= 0
-        ):
-            raise ValueError(f"tol must be a finite number >= 0, or None for min(0.5, sqrt(‖g‖)) (got {tol!r})")
+        if max_iter is not None:
+            check_integer("max_iter", max_iter, 1, "or None for 10 × the dimension")
+        if tol is not None:
+            tol = check_nonnegative("tol", tol, "or None for min(0.5, sqrt(‖g‖))")
         self.max_iter = max_iter
         self.tol = tol
 
@@ -72,12 +71,12 @@ class SteihaugCG(Solver):
         """Truncated CG without a boundary (``Δ = ∞``): CG that reports negative curvature."""
         return self.solve_in_region(operator, rhs, _UNBOUNDED)
 
-    def solve_in_region(self, operator: LinearOperator, rhs: Tensor, region: TrustRegion) -> SolverResult:
+    def solve_in_region(self, operator: LinearOperator, rhs: Tensor, region: Ball) -> SolverResult:
         rhs_norm = torch.linalg.vector_norm(rhs).item()
         solution = torch.zeros_like(rhs)
         if rhs_norm == 0.0 or not math.isfinite(rhs_norm):
             reason = SolverReason.ZERO_RHS if rhs_norm == 0.0 else SolverReason.NONFINITE
-            return solver_result(solution, rhs, rhs.clone(), reason, 0, 0, rhs_norm)
+            return solver_result(solution, rhs, rhs.clone(), reason, 0, rhs_norm)
         tolerance = (min(0.5, math.sqrt(rhs_norm)) if self.tol is None else self.tol) * rhs_norm
         boundary = _Boundary(region)
         residual = rhs.clone()
@@ -92,12 +91,12 @@ class SteihaugCG(Solver):
             ).tolist()
             if not (math.isfinite(curvature) and torch.isfinite(product).all()):
                 reason = SolverReason.NONFINITE
-                return solver_result(solution, rhs, residual, reason, iterations, iterations + 1, rhs_norm)
+                return solver_result(solution, rhs, residual, reason, iterations, rhs_norm)
             if curvature <= 0.0:
                 choose = boundary.negative_curvature_crossing(solution, direction, solution_product, curvature)
                 if choose is None:  # no bounded ball along p: keep s_k, as plain CG does
                     reason = SolverReason.NEGATIVE_CURVATURE
-                    return solver_result(solution, rhs, residual, reason, iterations, iterations + 1, rhs_norm)
+                    return solver_result(solution, rhs, residual, reason, iterations, rhs_norm)
                 tau = choose(residual_direction)
                 move = (solution, direction, product, residual, tau)
                 return _crossing_result(move, rhs, SolverReason.NEGATIVE_CURVATURE, iterations + 1, rhs_norm)
@@ -112,10 +111,10 @@ class SteihaugCG(Solver):
             iterations += 1
             new_residual_dot = (residual @ residual).item()
             if math.sqrt(new_residual_dot) < tolerance:
-                return solver_result(solution, rhs, residual, SolverReason.CONVERGED, iterations, iterations, rhs_norm)
+                return solver_result(solution, rhs, residual, SolverReason.CONVERGED, iterations, rhs_norm)
             direction = residual + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
-        return solver_result(solution, rhs, residual, SolverReason.MAX_ITERATIONS, iterations, iterations, rhs_norm)
+        return solver_result(solution, rhs, residual, SolverReason.MAX_ITERATIONS, iterations, rhs_norm)
 
     def __repr__(self) -> str:
         return f"SteihaugCG(max_iter={self.max_iter}, tol={self.tol})"
@@ -130,7 +129,7 @@ class _Boundary:
     with the product just formed.
     """
 
-    def __init__(self, region: TrustRegion) -> None:
+    def __init__(self, region: Ball) -> None:
         self.region = region
         self.solution_curvature = 0.0  # sᵀAs, operator metric only
 
@@ -197,4 +196,4 @@ def _crossing_result(
     """``s + τp`` on the boundary, with residual ``g - A(s + τp) = r - τ Ap`` (no further product)."""
     solution, direction, product, residual, tau = move
     step = solution + tau * direction
-    return solver_result(step, rhs, residual - tau * product, reason, iterations, iterations, rhs_norm)
+    return solver_result(step, rhs, residual - tau * product, reason, iterations, rhs_norm)

@@ -5,7 +5,8 @@ a mean and a log-std, ...). The Fisher of the mean KL over a batch of ``N``
 inputs factors as ``F = (1/N) Σ_i J_iᵀ M(z_i) J_i`` with ``J_i = ∂z_i/∂θ`` and
 ``M(z)`` the Fisher of the distribution in its own parameters (docs/math.md,
 "Gauss-Newton form of the Fisher"). Each class here gives ``u -> (1/N) M(z) u``
-in closed form; nothing here knows about RL.
+in closed form; nothing here knows about RL. :class:`SquaredError` is the output curvature of a
+least-squares loss (the Fisher of a unit-variance Gaussian).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_map
+
+from trustregion._validation import check_positive
 
 OutputProduct = Callable[[object], object]
 
@@ -109,6 +113,30 @@ class DiagonalGaussianFisher(OutputFisher):
             return mean_weight * tangent_mean, log_std_weight * tangent_log_std
 
         return product
+
+
+class SquaredError(OutputFisher):
+    """``M = c I``: the output-space curvature of the squared error ``½ c ‖z - y‖²``.
+
+    With it, ``GaussNewton.for_module(model, inputs, SquaredError(1 / N))`` is the
+    Gauss-Newton matrix ``(1/N) JᵀJ`` of a regression loss ``(1/2N) Σ ‖f(x) - y‖²``
+    (the targets drop out: ``J`` is the Jacobian of the model outputs). It is
+    also the Fisher of a unit-variance Gaussian with mean ``z``.
+
+    Args:
+        scale: ``c > 0``; 1 for ``½ Σ r²``, ``1/N`` for ``½ mean(r²)`` over ``N``
+            residuals.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = check_positive("scale", scale, "1 for ½Σr², 1/N for ½ mean(r²)")
+
+    def bind(self, outputs: object) -> OutputProduct:
+        scale = self.scale
+        return lambda tangent: tree_map(lambda t: scale * t, tangent)
+
+    def __repr__(self) -> str:
+        return f"SquaredError(scale={self.scale})"
 
 
 def _single_tensor(outputs: object, name: str) -> Tensor:

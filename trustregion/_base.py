@@ -1,0 +1,228 @@
+"""The shell both optimizers share: closure evaluation, the ``reduce`` hook, bit-exact restore, results."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from trustregion._validation import check_callable, check_instance
+from trustregion._vectors import add_step, flatten, gradients, restore
+from trustregion.curvature import Curvature, StepProblem
+from trustregion.operator import LinearOperator
+from trustregion.result import Reason, StepResult
+from trustregion.search.base import TrialPoint
+
+Closure = Callable[[], Tensor | tuple[Tensor, Tensor]]
+Reduce = Callable[[Tensor], Tensor]
+
+
+def identity(tensor: Tensor) -> Tensor:
+    """The default ``reduce``: a single process has nothing to reduce."""
+    return tensor
+
+
+@dataclass
+class StartPoint:
+    """The closure at ``θ_old``, its gradient and the curvature operator: everything a step starts from.
+
+    The autograd graphs in ``loss``, ``constraint`` and ``loss_gradient`` live as long as
+    this object, which lives only inside one :meth:`~TrustRegionBase.step`.
+    """
+
+    loss: float
+    gradient: Tensor
+    """``g = -∇ loss``, reduced, as one flat vector."""
+    gradient_norm: float
+    operator: LinearOperator | None
+    """``A``, reduced; ``None`` when the step was rejected before it was built."""
+
+
+class TrustRegionBase(torch.optim.Optimizer):
+    """Closure evaluation, the ``reduce`` hook, bit-exact restore and result recording.
+
+    Subclasses give :meth:`_step` (the algorithm), :attr:`result_type` and the names of
+    their components (:attr:`components`), which ``copy.deepcopy`` and ``pickle`` keep.
+    """
+
+    result_type: ClassVar[type[StepResult]] = StepResult
+    components: ClassVar[tuple[str, ...]] = ("curvature", "solver", "reduce")
+
+    def __init__(
+        self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any], reduce: Reduce | None
+    ) -> None:
+        super().__init__(params, defaults)
+        if reduce is not None:
+            check_callable("reduce", reduce, "tensor -> reduced tensor (e.g. an all-reduce mean)")
+        self.reduce: Reduce = reduce or identity
+        self.last_result: StepResult | None = None
+        _check_params(self._params())
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups:
+            raise ValueError(
+                f"{type(self).__name__} has one parameter group: the trust region couples all parameters; "
+                "create a new optimizer instead"
+            )
+        self._check_group(param_group)
+        super().add_param_group(param_group)
+
+    def _check_group(self, param_group: dict[str, Any]) -> None:
+        """Validate per-group options (none by default)."""
+
+    def _params(self) -> list[Tensor]:
+        return list(self.param_groups[0]["params"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: getattr(self, name) for name in (*self.components, "last_result")})
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Closure, curvature: Curvature | None = None) -> Tensor:  # type: ignore[override]
+        """Take one step and return the loss at the old parameters.
+
+        Whatever happens (a rejected step, or an exception raised by the closure, a
+        curvature product or a ``KeyboardInterrupt``), parameters that do not end in an
+        accepted step are restored bit for bit.
+
+        Args:
+            closure: re-evaluates the model; returns ``loss`` or ``(loss, constraint)``.
+            curvature: this step's curvature, in place of the one given at construction
+                (e.g. a Gauss-Newton operator on this step's batch).
+        """
+        if closure is None or not callable(closure):
+            raise TypeError("step() needs a closure: closure() -> loss or (loss, constraint)")
+        curvature = (
+            self.curvature if curvature is None else check_instance("curvature", curvature, Curvature, "KLHessian()")
+        )
+        params = self._params()
+        saved = [p.detach().clone() for p in params]
+        try:
+            result = self._step(params, saved, closure, curvature)
+        except BaseException:
+            restore(params, saved)
+            raise
+        if not result.accepted:
+            restore(params, saved)
+            if result.reason.nonfinite:
+                warnings.warn(f"step rejected: {result.reason.message}", RuntimeWarning, stacklevel=2)
+        self._record(result)
+        return torch.tensor(result.loss_before, dtype=params[0].dtype, device=params[0].device)
+
+    def _step(self, params: list[Tensor], saved: list[Tensor], closure: Closure, curvature: Curvature) -> StepResult:
+        raise NotImplementedError
+
+    def _start(self, params: list[Tensor], closure: Closure, curvature: Curvature) -> StartPoint | StepResult:
+        """Phase 1 at ``θ_old``: loss, gradient and operator, or the rejection that stops the step there.
+
+        Every autograd graph lives inside this call (and the operator's closures) only.
+        """
+        with torch.enable_grad():
+            loss, constraint = unpack(closure(), first_call=True)
+        loss_value, constraint_value = self._scalars(loss, constraint)
+        if not math.isfinite(loss_value):
+            return self._rejected(Reason.NONFINITE_LOSS, loss_value)
+        if constraint_value is not None and not math.isfinite(constraint_value):
+            return self._rejected(Reason.NONFINITE_CONSTRAINT, loss_value)
+        with torch.enable_grad():
+            loss_gradient = gradients(loss, params, retain_graph=True, create_graph=curvature.needs_loss_graph)
+        gradient = -self.reduce(flatten(loss_gradient).detach())
+        gradient_norm = torch.linalg.vector_norm(gradient).item()
+        if not math.isfinite(gradient_norm):
+            return self._rejected(Reason.NONFINITE_GRADIENT, loss_value)
+        start = StartPoint(loss_value, gradient, gradient_norm, None)
+        if gradient_norm == 0.0 and not self._steps_at_zero_gradient():
+            return self._rejected(Reason.ZERO_GRADIENT, loss_value, gradient_norm=0.0)
+        with torch.enable_grad():
+            operator = curvature.build(StepProblem(params, loss, constraint, loss_gradient, closure))
+        start.operator = operator.map(self.reduce)
+        return start
+
+    def _steps_at_zero_gradient(self) -> bool:
+        """Whether a zero gradient still needs the operator (a saddle check); else the step is rejected."""
+        return False
+
+    def _trial(self, params: list[Tensor], saved: list[Tensor], step: Tensor, closure: Closure, calls: list[int]):
+        """``fraction -> TrialPoint``: move to ``θ_old + fraction · step`` and evaluate the closure there."""
+
+        def trial(fraction: float) -> TrialPoint:
+            add_step(params, saved, step, fraction)
+            calls[0] += 1
+            return TrialPoint(*self._scalars(*unpack(closure(), first_call=False)))
+
+        return trial
+
+    def _scalars(self, loss: Tensor, constraint: Tensor | None) -> tuple[float, float | None]:
+        """Reduce the closure's scalars with one call of the reduction hook."""
+        values = [loss.detach().reshape(())]
+        if constraint is not None:
+            values.append(constraint.detach().to(loss.dtype).reshape(()))
+        reduced = self.reduce(torch.stack(values)).tolist()
+        return reduced[0], (reduced[1] if constraint is not None else None)
+
+    def _rejected(self, reason: Reason, loss_value: float, **details: Any) -> StepResult:
+        return self.result_type(
+            accepted=False, reason=reason, loss_before=loss_value, loss_after=loss_value, closure_calls=1, **details
+        )
+
+    def _record(self, result: StepResult) -> None:
+        state = self.state[self._params()[0]]
+        state["step"] = state.get("step", 0) + 1
+        state["rejected_steps"] = state.get("rejected_steps", 0) + (not result.accepted)
+        self.last_result = result
+
+
+def unpack(output: object, *, first_call: bool) -> tuple[Tensor, Tensor | None]:
+    """``(loss, constraint)`` from what a closure returned, with one-line errors for anything else."""
+    if isinstance(output, Tensor):
+        loss, constraint = output, None
+    elif isinstance(output, (tuple, list)) and len(output) == 2 and all(isinstance(t, Tensor) for t in output):
+        loss, constraint = output
+    else:
+        raise TypeError(
+            "closure must return the loss as a scalar tensor, or a (loss, constraint) pair of scalar "
+            f"tensors with the constraint the mean KL; it returned {type(output).__name__}"
+        )
+    for name, value in (("loss", loss), ("constraint", constraint)):
+        if value is not None and value.numel() != 1:
+            raise TypeError(f"closure's {name} must be a scalar tensor; got shape {tuple(value.shape)}")
+    if first_call and not loss.requires_grad:
+        raise TypeError(
+            "closure's loss does not depend on the parameters (no autograd graph): "
+            "compute it from the parameters without torch.no_grad() or .detach()"
+        )
+    return loss, constraint
+
+
+def trial_rejection(loss: float, constraint: float | None, otherwise: Reason) -> Reason:
+    """Why a refused trial point was refused: a non-finite value there, or ``otherwise``."""
+    if not math.isfinite(loss):
+        return Reason.NONFINITE_LOSS
+    if constraint is not None and not math.isfinite(constraint):
+        return Reason.NONFINITE_CONSTRAINT
+    return otherwise
+
+
+def component(name: str, value: Any, kind: type, default: Callable[[], Any], example: str) -> Any:
+    """``value`` checked to be a ``kind``, or ``default()`` when it is ``None``."""
+    return default() if value is None else check_instance(name, value, kind, example)
+
+
+def _check_params(params: list[Tensor]) -> None:
+    if not params:
+        raise ValueError("params is empty: pass the model's parameters")
+    first = params[0]
+    for p in params:
+        if not p.is_floating_point():
+            raise TypeError(f"params must be floating point tensors; got dtype {p.dtype}")
+        if p.dtype != first.dtype or p.device != first.device:
+            raise ValueError(
+                "params must share one dtype and device (the step is one flat vector); "
+                f"got {first.dtype} on {first.device} and {p.dtype} on {p.device}"
+            )

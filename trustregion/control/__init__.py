@@ -1,0 +1,7 @@
+"""Radius controls for :class:`~trustregion.TrustRegionMinimizer`: the trust radius and Levenberg-Marquardt damping."""
+
+from trustregion.control.base import RadiusControl
+from trustregion.control.levenberg_marquardt import DampingState, LevenbergMarquardt
+from trustregion.control.trust_radius import TrustRadius, TrustRadiusState
+
+__all__ = ["DampingState", "LevenbergMarquardt", "RadiusControl", "TrustRadius", "TrustRadiusState"]

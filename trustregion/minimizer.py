@@ -1,0 +1,202 @@
+"""TrustRegionMinimizer: radius-controlled trust-region minimisation (Newton-CG, Gauss-Newton, Levenberg-Marquardt)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustregion._base import Closure, Reduce, StartPoint, TrustRegionBase, component, trial_rejection
+from trustregion._vectors import add_step
+from trustregion.control import RadiusControl, TrustRadius
+from trustregion.control.base import improvement_ratio
+from trustregion.curvature import Curvature, Hessian
+from trustregion.result import RadiusStepResult, Reason, SolverReason, SolverResult
+from trustregion.solvers import Ball, Solver, SteihaugCG
+from trustregion.solvers.subproblem import escape_saddle, pull_back
+
+
+class TrustRegionMinimizer(TrustRegionBase):
+    r"""Trust-region minimisation of a loss: ``scipy.optimize.minimize(method="trust-ncg")`` as a torch optimizer.
+
+    Each :meth:`step` minimises the quadratic model
+
+    .. math:: q(s) = \tfrac12 s^\top (A + \mu I) s - g^\top s, \qquad \|s\| \le \Delta,
+
+    with the solver (default :class:`~trustregion.SteihaugCG`), evaluates the
+    closure once at ``θ + s`` and lets the radius control (default
+    :class:`~trustregion.TrustRadius`) take or refuse the step on the ratio ``ρ``
+    of actual to predicted reduction and choose the next radius ``Δ`` or damping
+    ``μ``. Some pairs and what they are:
+
+    * ``curvature=Hessian()``, ``control=TrustRadius()``: trust-region Newton-CG
+      (Nocedal & Wright, Algorithms 4.1 and 7.2; scipy's ``trust-ncg``);
+    * ``curvature=ResidualGaussNewton(r)`` or ``GaussNewton``, ``control=TrustRadius()``:
+      a trust-region Gauss-Newton method;
+    * the same curvature with ``control=LevenbergMarquardt()``: Levenberg-Marquardt.
+
+    The control's state (radius or damping, a frozen dataclass) lives in
+    :attr:`state` and is saved by ``state_dict()``. When ``‖∇loss‖ <= gtol``
+    (the control's) the step checks the second-order condition: a positive
+    semidefinite ``A`` gives ``Reason.CONVERGED`` at once; otherwise a Lanczos
+    probe (:func:`~trustregion.solvers.subproblem.escape_saddle`) either finds
+    negative curvature and steps to the boundary along it, or finds none and
+    reports ``Reason.CONVERGED`` with :attr:`~trustregion.RadiusStepResult.min_curvature`.
+
+    ::
+
+        opt = TrustRegionMinimizer(model.parameters(), curvature=Hessian())
+        for _ in range(200):
+            opt.step(lambda: loss_fn(model))              # loss-only closure
+            if opt.last_result.reason is Reason.CONVERGED:
+                break
+
+    Args:
+        params: the parameters (one group).
+        curvature: ``A``; default :class:`~trustregion.Hessian` (double backward).
+        solver: default :class:`~trustregion.SteihaugCG`.
+        control: the radius control; default :class:`~trustregion.TrustRadius`.
+        reduce: as in :class:`~trustregion.TrustRegionOptimizer`.
+
+    The closure returns the loss, or ``(loss, constraint)`` when the curvature
+    needs a constraint (``KLHessian``); the constraint is then reported, not bounded.
+    """
+
+    result_type = RadiusStepResult
+    components = ("curvature", "solver", "control", "reduce")
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
+        curvature: Curvature | None = None,
+        solver: Solver | None = None,
+        control: RadiusControl | None = None,
+        reduce: Reduce | None = None,
+    ) -> None:
+        self.curvature = component("curvature", curvature, Curvature, Hessian, "Hessian()")
+        self.solver = component("solver", solver, Solver, SteihaugCG, "SteihaugCG()")
+        self.control = component("control", control, RadiusControl, TrustRadius, "TrustRadius()")
+        super().__init__(params, {}, reduce)
+
+    @property
+    def control_state(self) -> Any:
+        """The control's current state (e.g. ``TrustRadiusState(radius=1.0)``)."""
+        return self.state[self._params()[0]].get("control") or self.control.init()
+
+    def _steps_at_zero_gradient(self) -> bool:
+        return True
+
+    def _step(
+        self, params: list[Tensor], saved: list[Tensor], closure: Closure, curvature: Curvature
+    ) -> RadiusStepResult:
+        start = self._start(params, closure, curvature)
+        if not isinstance(start, StartPoint):
+            return start
+        state = self.control_state
+        region, damping = self.control.region(state), self.control.damping(state)
+        if region.bounded_by_operator and not start.operator.positive_semidefinite:
+            raise ValueError(
+                f"{self.control!r} needs a positive semidefinite curvature (GaussNewton, KLHessian, ...) because its "
+                "region is measured by the operator or unbounded; with Hessian() use TrustRadius(metric='euclidean')"
+            )
+        details = {"gradient_norm": start.gradient_norm, "radius": region.radius, "damping": damping}
+        solve, min_curvature = self._solve(start, region, damping)
+        details.update(min_curvature=min_curvature, curvature_products=start.operator.products)
+        if solve is None:
+            return self._rejected(Reason.CONVERGED, start.loss, **details)
+        details.update(
+            solver_iterations=solve.iterations, solver_residual=solve.relative_residual, solver_reason=solve.reason
+        )
+        if solve.reason is SolverReason.NONFINITE or not math.isfinite(solve.gradient_dot):
+            return self._rejected(Reason.NONFINITE_PRODUCT, start.loss, **details)
+        solve, step_norm = pull_back(solve, region)
+        details["step_norm"] = step_norm
+        predicted = _predicted_reduction(solve, damping)
+        if not (math.isfinite(predicted) and predicted > 0.0):
+            self._set_control_state(self.control.update(state, -math.inf, step_norm))
+            return self._rejected(Reason.NON_POSITIVE_CURVATURE, start.loss, **details)
+        return self._try(params, saved, closure, start.loss, solve.direction, predicted, details)
+
+    def _solve(self, start: StartPoint, region: Ball, damping: float) -> tuple[SolverResult | None, float]:
+        """The step of the model in ``region``; at ``‖g‖ <= gtol`` a saddle escape or ``None`` (converged)."""
+        if start.gradient_norm <= self.control.gtol:
+            seed = self.state[self._params()[0]].get("step", 0)
+            iterations = self.control.probe_iterations
+            return escape_saddle(start.operator, start.gradient, region, damping, iterations, seed)
+        return self.solver.solve_in_region(start.operator.shifted(damping), start.gradient, region), math.nan
+
+    def _try(
+        self,
+        params: list[Tensor],
+        saved: list[Tensor],
+        closure: Closure,
+        loss: float,
+        step: Tensor,
+        predicted: float,
+        details: dict[str, Any],
+    ) -> RadiusStepResult:
+        """Evaluate ``θ + s`` once; the control takes or refuses it on ``ρ`` and sets its next state."""
+        calls = [1]
+        point = self._trial(params, saved, step, closure, calls)(1.0)
+        rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))
+        ratio = improvement_ratio(loss, point.loss, predicted, rounding)
+        accepted = self.control.accept(ratio)
+        self._set_control_state(self.control.update(self.control_state, ratio, details["step_norm"]))
+        if accepted:
+            add_step(params, saved, step, 1.0)
+        return RadiusStepResult(
+            accepted=accepted,
+            reason=Reason.ACCEPTED
+            if accepted
+            else trial_rejection(point.loss, point.constraint, Reason.INSUFFICIENT_DECREASE),
+            loss_before=loss,
+            loss_after=point.loss if accepted else loss,
+            expected_improvement=predicted,
+            actual_improvement=loss - point.loss,
+            constraint_after=point.constraint,
+            closure_calls=calls[0],
+            **details,
+        )
+
+    def _set_control_state(self, state: Any) -> None:
+        self.state[self._params()[0]]["control"] = state
+
+    def state_dict(self) -> dict[str, Any]:
+        """As :meth:`torch.optim.Optimizer.state_dict`, with the control's state as a plain dict."""
+        packed = super().state_dict()
+        packed["state"] = {key: _plain(value) for key, value in packed["state"].items()}
+        return packed
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`; a state saved under another kind of control is refused."""
+        state = {key: self._typed(value) for key, value in state_dict["state"].items()}
+        super().load_state_dict({**state_dict, "state": state})
+
+    def _typed(self, values: dict[str, Any]) -> dict[str, Any]:
+        if "control" not in values:
+            return values
+        state_type = self.control.state_type
+        fields = {field.name for field in dataclasses.fields(state_type)}
+        if set(values["control"]) != fields:
+            raise ValueError(
+                f"the saved control state {sorted(values['control'])} is not a {state_type.__name__} "
+                f"({sorted(fields)}); load it into a minimizer with the same kind of control as the one that saved it"
+            )
+        return {**values, "control": state_type(**values["control"])}
+
+
+def _predicted_reduction(solve: SolverResult, damping: float) -> float:
+    """``gᵀs - ½ sᵀAs`` of the undamped model; the solver knows ``sᵀ(A + μI)s``, so ``μ‖s‖²`` is taken off."""
+    squared_norm = torch.linalg.vector_norm(solve.direction).item() ** 2 if damping else 0.0
+    return solve.gradient_dot - 0.5 * (solve.curvature - damping * squared_norm)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    if "control" not in values:
+        return values
+    return {**values, "control": dataclasses.asdict(values["control"])}
