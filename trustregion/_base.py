@@ -98,9 +98,7 @@ class TrustRegionBase(torch.optim.Optimizer):
         """
         if closure is None or not callable(closure):
             raise TypeError("step() needs a closure: closure() -> loss or (loss, constraint)")
-        curvature = (
-            self.curvature if curvature is None else check_instance("curvature", curvature, Curvature, "KLHessian()")
-        )
+        curvature = component("curvature", curvature, Curvature, lambda: self.curvature, "KLHessian()")
         params = self._params()
         saved = [p.detach().clone() for p in params]
         try:
@@ -111,7 +109,8 @@ class TrustRegionBase(torch.optim.Optimizer):
         if not result.accepted:
             restore(params, saved)
             if result.reason.nonfinite:
-                warnings.warn(f"step rejected: {result.reason.message}", RuntimeWarning, stacklevel=2)
+                message = f"step rejected ({result.reason.value}): {result.reason.message}"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
         self._record(result)
         return torch.tensor(result.loss_before, dtype=params[0].dtype, device=params[0].device)
 
@@ -130,8 +129,7 @@ class TrustRegionBase(torch.optim.Optimizer):
             return self._rejected(Reason.NONFINITE_LOSS, loss_value)
         if constraint_value is not None and not math.isfinite(constraint_value):
             return self._rejected(Reason.NONFINITE_CONSTRAINT, loss_value)
-        with torch.enable_grad():
-            loss_gradient = gradients(loss, params, retain_graph=True, create_graph=curvature.needs_loss_graph)
+        loss_gradient = _loss_gradient(loss, params, curvature.needs_loss_graph)
         gradient = -self.reduce(flatten(loss_gradient).detach())
         gradient_norm = torch.linalg.vector_norm(gradient).item()
         if not math.isfinite(gradient_norm):
@@ -200,6 +198,20 @@ def unpack(output: object, *, first_call: bool) -> tuple[Tensor, Tensor | None]:
     return loss, constraint
 
 
+def _loss_gradient(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tensor]:
+    """``∇ loss`` per parameter, keeping the graph for the curvature; explains a closure that ran backward()."""
+    try:
+        with torch.enable_grad():
+            return gradients(loss, params, retain_graph=True, create_graph=create_graph)
+    except RuntimeError as error:
+        if "second time" not in str(error):
+            raise
+        raise TypeError(
+            "the closure called backward(): return the loss (and constraint) without calling backward(); "
+            "the optimizer differentiates what the closure returns"
+        ) from None
+
+
 def trial_rejection(loss: float, constraint: float | None, otherwise: Reason) -> Reason:
     """Why a refused trial point was refused: a non-finite value there, or ``otherwise``."""
     if not math.isfinite(loss):
@@ -217,10 +229,22 @@ def component(name: str, value: Any, kind: type, default: Callable[[], Any], exa
 def _check_params(params: list[Tensor]) -> None:
     if not params:
         raise ValueError("params is empty: pass the model's parameters")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError("params holds the same tensor more than once: pass each parameter once (e.g. list(set(...)))")
     first = params[0]
-    for p in params:
+    for index, p in enumerate(params):
         if not p.is_floating_point():
-            raise TypeError(f"params must be floating point tensors; got dtype {p.dtype}")
+            raise TypeError(f"params[{index}] must be a floating point tensor; got dtype {p.dtype}")
+        if not p.requires_grad:
+            raise ValueError(
+                f"params[{index}] does not require grad, so the step cannot move it: "
+                "leave it out of params, or call requires_grad_() on it"
+            )
+        if p.numel() > 1 and 0 in p.stride():
+            raise ValueError(
+                f"params[{index}] is an expanded view (a stride of 0), so an in-place step would write one "
+                "element many times: pass a tensor with its own storage (e.g. nn.Parameter(t.clone()))"
+            )
         if p.dtype != first.dtype or p.device != first.device:
             raise ValueError(
                 "params must share one dtype and device (the step is one flat vector); "

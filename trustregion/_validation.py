@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number, numpy scalars included; booleans (Python's or numpy's) are not numbers here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
 def check_positive(name: str, value: Any, hint: str = "") -> float:
@@ -43,9 +45,14 @@ def check_interval(name: str, value: Any, low: float, high: float, hint: str = "
 
 def check_integer(name: str, value: Any, minimum: int, hint: str = "") -> int:
     """An ``int`` (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or type(value).__name__ == "bool_"
+        or value < minimum
+    ):
         raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r}){_suffix(hint)}")
-    return value
+    return int(value)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:

@@ -146,14 +146,15 @@ class TrustRegionMinimizer(TrustRegionBase):
         rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))
         ratio = improvement_ratio(loss, point.loss, predicted, rounding)
         accepted = self.control.accept(ratio)
-        self._set_control_state(self.control.update(self.control_state, ratio, details["step_norm"]))
+        state = self.control_state
+        self._set_control_state(self.control.update(state, ratio, details["step_norm"]))
         if accepted:
             add_step(params, saved, step, 1.0)
+        too_little = Reason.STALLED if self.control.stalled(state) else Reason.INSUFFICIENT_DECREASE
+        refused = trial_rejection(point.loss, point.constraint, too_little)
         return RadiusStepResult(
             accepted=accepted,
-            reason=Reason.ACCEPTED
-            if accepted
-            else trial_rejection(point.loss, point.constraint, Reason.INSUFFICIENT_DECREASE),
+            reason=Reason.ACCEPTED if accepted else refused,
             loss_before=loss,
             loss_after=point.loss if accepted else loss,
             expected_improvement=predicted,

@@ -89,11 +89,17 @@ class TrustRegionOptimizer(TrustRegionBase):
     def _check_group(self, param_group: dict[str, Any]) -> None:
         check_positive("max_kl", param_group.get("max_kl", self.defaults["max_kl"]), _MAX_KL_HINT)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.load_state_dict`; a saved ``max_kl`` that is not > 0 is refused."""
+        for group in state_dict["param_groups"]:
+            self._check_group(group)
+        super().load_state_dict(state_dict)
+
     def _step(self, params: list[Tensor], saved: list[Tensor], closure: Closure, curvature: Curvature) -> KLStepResult:
+        max_kl = check_positive("max_kl", self.param_groups[0]["max_kl"], _MAX_KL_HINT)  # may be set between steps
         start = self._start(params, closure, curvature)
         if not isinstance(start, StartPoint):
             return start
-        max_kl = self.param_groups[0]["max_kl"]
         solve = self.solver.solve_in_region(start.operator, start.gradient, Ball.kl(max_kl))
         details = {
             "gradient_norm": start.gradient_norm,
@@ -106,7 +112,7 @@ class TrustRegionOptimizer(TrustRegionBase):
             return self._rejected(Reason.NONFINITE_PRODUCT, start.loss, **details)
         if not solve.usable:
             return self._rejected(Reason.NON_POSITIVE_CURVATURE, start.loss, **details)
-        return self._search(params, saved, closure, start.loss, solve, details)
+        return self._search(params, saved, closure, start.loss, max_kl, solve, details)
 
     def _search(
         self,
@@ -114,11 +120,11 @@ class TrustRegionOptimizer(TrustRegionBase):
         saved: list[Tensor],
         closure: Closure,
         loss: float,
+        max_kl: float,
         solve: SolverResult,
         details: dict[str, Any],
     ) -> KLStepResult:
         """Phase 2: scale ``s`` to the KL boundary, ``Δθ = β s``, and let the line search take a multiple."""
-        max_kl = self.param_groups[0]["max_kl"]
         step_scale = math.sqrt(2.0 * max_kl / solve.curvature)
         full_step = step_scale * solve.direction
         expected = step_scale * solve.gradient_dot  # the linear model's gain, β gᵀs: no product needed
@@ -127,11 +133,10 @@ class TrustRegionOptimizer(TrustRegionBase):
         search = self.line_search(SearchProblem(trial, loss, expected, max_kl))
         if search.accepted:
             add_step(params, saved, full_step, search.fraction)
+        refused = trial_rejection(search.loss, search.constraint, Reason.LINE_SEARCH_EXHAUSTED)
         return KLStepResult(
             accepted=search.accepted,
-            reason=Reason.ACCEPTED
-            if search.accepted
-            else trial_rejection(search.loss, search.constraint, Reason.LINE_SEARCH_EXHAUSTED),
+            reason=Reason.ACCEPTED if search.accepted else refused,
             loss_before=loss,
             loss_after=search.loss if search.accepted else loss,
             expected_improvement=expected,

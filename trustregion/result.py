@@ -54,6 +54,11 @@ _MESSAGES = {
         "grows) and the next step tries again"
     ),
     "converged": "‖∇loss‖ <= gtol and no negative curvature was found; the minimum is reached",
+    "stalled": (
+        "the step was refused with the control at its limit (TrustRadius's min_radius, LevenbergMarquardt's "
+        "max_damping): the quadratic model does not predict the loss at any scale the control allows; stop here, "
+        "or check that the gradient and the curvature belong to the loss"
+    ),
 }
 
 
@@ -72,6 +77,8 @@ class Reason(enum.Enum):
     """Radius control: the loss fell by at most ``η`` times the predicted reduction (``ρ <= η``)."""
     CONVERGED = "converged"
     """Radius control: ``‖∇loss‖ <= gtol`` and no negative curvature was found; no step taken."""
+    STALLED = "stalled"
+    """Radius control: a step at the control's limit (minimum radius, maximum damping) was refused."""
 
     @property
     def message(self) -> str:

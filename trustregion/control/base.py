@@ -56,6 +56,10 @@ class RadiusControl(abc.ABC):
         """The shift ``μ`` of the solver's operator ``A + μI``; 0 by default."""
         return 0.0
 
+    def stalled(self, state: Any) -> bool:
+        """Whether ``state`` is at the control's limit, so that a refused step cannot be retried smaller."""
+        return False
+
     @abc.abstractmethod
     def accept(self, ratio: float) -> bool:
         """Whether a step with ratio ``ρ`` (``-inf`` when not finite) is taken."""

@@ -32,7 +32,8 @@ class LevenbergMarquardt(RadiusControl):
     * a rejected step: ``μ ← μ · ν`` and ``ν ← 2ν``,
 
     so ``μ`` shrinks smoothly after good steps and grows ever faster after
-    consecutive failures. ``μ`` is kept in ``[min_damping, max_damping]``. ``μ``
+    consecutive failures. ``μ`` is kept in ``[min_damping, max_damping]``; a step
+    refused at ``max_damping`` is reported as ``Reason.STALLED``. ``μ``
     is absolute: an ``initial_damping`` small compared with the curvature's scale
     (``‖JᵀJ‖``) starts near Gauss-Newton.
 
@@ -71,6 +72,9 @@ class LevenbergMarquardt(RadiusControl):
 
     def damping(self, state: DampingState) -> float:
         return state.damping
+
+    def stalled(self, state: DampingState) -> bool:
+        return state.damping >= self.max_damping
 
     def accept(self, ratio: float) -> bool:
         return ratio > self.eta

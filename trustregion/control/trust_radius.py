@@ -24,7 +24,7 @@ class TrustRadius(RadiusControl):
 
     With ``ρ`` the ratio of actual to predicted reduction of the step ``s``:
 
-    * ``ρ < 1/4``: shrink, ``Δ ← Δ / 4``;
+    * ``ρ < 1/4``: shrink, ``Δ ← max(Δ / 4, Δ_min)``;
     * ``ρ > 3/4`` and ``‖s‖ = Δ`` (the model was trusted up to the boundary):
       expand, ``Δ ← min(2Δ, Δ̂)``;
     * otherwise keep ``Δ``;
@@ -37,9 +37,14 @@ class TrustRadius(RadiusControl):
     a :class:`~trustregion.TrustRegionMinimizer` is trust-region Newton-CG
     (Nocedal & Wright, Algorithm 7.2 inside Algorithm 4.1).
 
+    The radius never falls below ``min_radius``: a step refused at that radius
+    is reported as ``Reason.STALLED`` (the model cannot be trusted at any scale
+    the control allows), instead of shrinking the radius until it underflows.
+
     Args:
         initial_radius: ``Δ₀ > 0``.
         max_radius: ``Δ̂ >= Δ₀``.
+        min_radius: ``Δ_min`` in ``[0, Δ₀]``.
         eta: acceptance threshold ``η ∈ [0, 1/4)``.
         metric: ``"euclidean"`` (``‖s‖₂``) or ``"operator"`` (``‖s‖_A``; with the
             Fisher, ``½‖s‖²_A`` is the quadratic KL: an adaptive KL radius).
@@ -55,6 +60,7 @@ class TrustRadius(RadiusControl):
         max_radius: float = 1000.0,
         eta: float = 0.15,
         *,
+        min_radius: float = 1e-12,
         metric: str = "euclidean",
         gtol: float = 1e-5,
         probe_iterations: int = 10,
@@ -64,6 +70,7 @@ class TrustRadius(RadiusControl):
         self.max_radius = check_positive("max_radius", max_radius)
         if max_radius < initial_radius:
             raise ValueError(f"max_radius ({max_radius}) must be >= initial_radius ({initial_radius})")
+        self.min_radius = check_interval("min_radius", min_radius, 0.0, self.initial_radius, "e.g. 1e-12")
         self.eta = check_interval("eta", eta, 0.0, 0.25, "Nocedal & Wright Algorithm 4.1", closed="left")
 
     def init(self) -> TrustRadiusState:
@@ -72,13 +79,16 @@ class TrustRadius(RadiusControl):
     def region(self, state: TrustRadiusState) -> Ball:
         return Ball(state.radius, self.metric)
 
+    def stalled(self, state: TrustRadiusState) -> bool:
+        return state.radius <= self.min_radius
+
     def accept(self, ratio: float) -> bool:
         return ratio > self.eta
 
     def update(self, state: TrustRadiusState, ratio: float, step_norm: float) -> TrustRadiusState:
         radius = state.radius
         if ratio < 0.25:
-            radius = 0.25 * radius
+            radius = max(0.25 * radius, self.min_radius)
         elif ratio > 0.75 and step_norm >= _ON_BOUNDARY * radius:
             radius = min(2.0 * radius, self.max_radius)
         return TrustRadiusState(radius)
@@ -86,5 +96,6 @@ class TrustRadius(RadiusControl):
     def __repr__(self) -> str:
         return (
             f"TrustRadius(initial_radius={self.initial_radius}, max_radius={self.max_radius}, eta={self.eta}, "
+            f"min_radius={self.min_radius}, "
             f"metric={self.metric!r}, gtol={self.gtol})"
         )

@@ -30,7 +30,7 @@ class SteihaugCG(Solver):
        ``operator`` metric, or ``Δ = ∞``) return ``s_k`` as plain CG does.
     3. ``‖s_k + α p‖ >= Δ``: stop where the segment crosses the boundary
        (``BOUNDARY``).
-    4. ``‖g - A s_{k+1}‖ < η ‖g‖`` (``CONVERGED``); ``k + 1 = max_iter``
+    4. ``‖g - A s_{k+1}‖ <= η ‖g‖`` (``CONVERGED``); ``k + 1 = max_iter``
        (``MAX_ITERATIONS``).
 
     In the ``operator`` metric the boundary is ``sᵀAs = Δ²``; with ``A`` the
@@ -110,7 +110,7 @@ class SteihaugCG(Solver):
             residual.sub_(product, alpha=step)
             iterations += 1
             new_residual_dot = (residual @ residual).item()
-            if math.sqrt(new_residual_dot) < tolerance:
+            if math.sqrt(new_residual_dot) <= tolerance:  # <=: tol=0 stops at an exact solution
                 return solver_result(solution, rhs, residual, SolverReason.CONVERGED, iterations, rhs_norm)
             direction = residual + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
