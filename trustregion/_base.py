@@ -41,6 +41,8 @@ class StartPoint:
     gradient_norm: float
     operator: LinearOperator | None
     """``A``, reduced; ``None`` when the step was rejected before it was built."""
+    constraint: float | None = None
+    """The closure's constraint at ``θ_old`` (reduced), ``None`` for a loss-only closure."""
 
 
 class TrustRegionBase(torch.optim.Optimizer):
@@ -125,6 +127,7 @@ class TrustRegionBase(torch.optim.Optimizer):
         with torch.enable_grad():
             loss, constraint = unpack(closure(), first_call=True)
         loss_value, constraint_value = self._scalars(loss, constraint)
+        self._check_start(constraint, constraint_value)
         if not math.isfinite(loss_value):
             return self._rejected(Reason.NONFINITE_LOSS, loss_value)
         if constraint_value is not None and not math.isfinite(constraint_value):
@@ -134,7 +137,7 @@ class TrustRegionBase(torch.optim.Optimizer):
         gradient_norm = torch.linalg.vector_norm(gradient).item()
         if not math.isfinite(gradient_norm):
             return self._rejected(Reason.NONFINITE_GRADIENT, loss_value)
-        start = StartPoint(loss_value, gradient, gradient_norm, None)
+        start = StartPoint(loss_value, gradient, gradient_norm, None, constraint_value)
         if gradient_norm == 0.0 and not self._steps_at_zero_gradient():
             return self._rejected(Reason.ZERO_GRADIENT, loss_value, gradient_norm=0.0)
         with torch.enable_grad():
@@ -142,19 +145,43 @@ class TrustRegionBase(torch.optim.Optimizer):
         start.operator = operator.map(self.reduce)
         return start
 
+    def _check_start(self, constraint: Tensor | None, value: float | None) -> None:
+        """Refuse a constraint the algorithm cannot work with, before any work (nothing by default)."""
+
     def _steps_at_zero_gradient(self) -> bool:
         """Whether a zero gradient still needs the operator (a saddle check); else the step is rejected."""
         return False
 
-    def _trial(self, params: list[Tensor], saved: list[Tensor], step: Tensor, closure: Closure, calls: list[int]):
-        """``fraction -> TrialPoint``: move to ``θ_old + fraction · step`` and evaluate the closure there."""
+    def _trial(
+        self,
+        params: list[Tensor],
+        saved: list[Tensor],
+        step: Tensor,
+        closure: Closure,
+        calls: list[int],
+        *,
+        constrained: bool,
+    ):
+        """``fraction -> TrialPoint``: move to ``θ_old + fraction · step`` and evaluate the closure there.
+
+        ``calls`` counts closure calls and starts at ``[1]`` (the call at ``θ_old``); ``constrained``
+        says whether that first call returned a constraint, which every later call must return too.
+        """
 
         def trial(fraction: float) -> TrialPoint:
             add_step(params, saved, step, fraction)
             calls[0] += 1
-            return TrialPoint(*self._scalars(*unpack(closure(), first_call=False)))
+            point = TrialPoint(*self._scalars(*unpack(closure(), first_call=False)))
+            if constrained != (point.constraint is not None):
+                first = "(loss, constraint)" if constrained else "only a loss"
+                raise TypeError(f"closure returned {first} on its first call and not now: return the same every call")
+            self._check_trial(point)
+            return point
 
         return trial
+
+    def _check_trial(self, point: TrialPoint) -> None:
+        """Refuse a trial point's values the algorithm cannot work with (nothing by default)."""
 
     def _scalars(self, loss: Tensor, constraint: Tensor | None) -> tuple[float, float | None]:
         """Reduce the closure's scalars with one call of the reduction hook."""

@@ -120,7 +120,7 @@ class TrustRegionMinimizer(TrustRegionBase):
         if not (math.isfinite(predicted) and predicted > 0.0):
             self._set_control_state(self.control.update(state, -math.inf, step_norm))
             return self._rejected(Reason.NON_POSITIVE_CURVATURE, start.loss, **details)
-        return self._try(params, saved, closure, start.loss, solve.direction, predicted, details)
+        return self._try(params, saved, closure, start, solve.direction, predicted, details)
 
     def _solve(self, start: StartPoint, region: Ball, damping: float) -> tuple[SolverResult | None, float]:
         """The step of the model in ``region``; at ``‖g‖ <= gtol`` a saddle escape or ``None`` (converged)."""
@@ -135,14 +135,14 @@ class TrustRegionMinimizer(TrustRegionBase):
         params: list[Tensor],
         saved: list[Tensor],
         closure: Closure,
-        loss: float,
+        start: StartPoint,
         step: Tensor,
         predicted: float,
         details: dict[str, Any],
     ) -> RadiusStepResult:
         """Evaluate ``θ + s`` once; the control takes or refuses it on ``ρ`` and sets its next state."""
-        calls = [1]
-        point = self._trial(params, saved, step, closure, calls)(1.0)
+        calls, loss, constrained = [1], start.loss, start.constraint is not None
+        point = self._trial(params, saved, step, closure, calls, constrained=constrained)(1.0)
         rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))
         ratio = improvement_ratio(loss, point.loss, predicted, rounding)
         accepted = self.control.accept(ratio)

@@ -13,10 +13,12 @@ from trustregion._validation import check_positive
 from trustregion._vectors import add_step
 from trustregion.curvature import Curvature, Damped, KLHessian
 from trustregion.result import KLStepResult, Reason, SolverReason, SolverResult
-from trustregion.search import BacktrackingLineSearch, LineSearch, SearchProblem
+from trustregion.search import BacktrackingLineSearch, LineSearch, SearchProblem, TrialPoint
 from trustregion.solvers import Ball, ConjugateGradient, Solver
 
 _MAX_KL_HINT = "it is the trust-region radius δ; TRPO uses 0.01"
+_KL_ROUNDING = 1e-3
+"""The constraint may differ from 0 at ``θ_old``, and fall below 0 anywhere, by this fraction of ``δ`` (rounding)."""
 
 
 class TrustRegionOptimizer(TrustRegionBase):
@@ -89,6 +91,31 @@ class TrustRegionOptimizer(TrustRegionBase):
     def _check_group(self, param_group: dict[str, Any]) -> None:
         check_positive("max_kl", param_group.get("max_kl", self.defaults["max_kl"]), _MAX_KL_HINT)
 
+    def _check_start(self, constraint: Tensor | None, value: float | None) -> None:
+        """The constraint must be ``D̄_KL(θ_old, θ)``: depend on the parameters, and be ~0 at ``θ_old``."""
+        if constraint is None:
+            return
+        if not constraint.requires_grad:
+            raise ValueError(
+                "closure's constraint does not depend on the parameters (no autograd graph), so it cannot bound the "
+                "step: compute the mean KL from the parameters without torch.no_grad() or .detach()"
+            )
+        max_kl = self.param_groups[0]["max_kl"]
+        if value is not None and math.isfinite(value) and abs(value) > _KL_ROUNDING * max_kl:
+            raise ValueError(
+                f"closure's constraint is {value:.3g} at the old parameters, not ~0: it must be D̄_KL(θ_old, θ), "
+                "measured against a frozen copy of the old distribution (old = policy(obs).detach() before the step)"
+            )
+
+    def _check_trial(self, point: TrialPoint) -> None:
+        """A KL is never negative: a value below ``-1e-3 δ`` (rounding) means a sign error or a noisy estimator."""
+        max_kl = self.param_groups[0]["max_kl"]
+        if point.constraint is not None and point.constraint < -_KL_ROUNDING * max_kl:
+            raise ValueError(
+                f"closure's constraint is {point.constraint:.3g} at a trial point: a KL is never negative; check its "
+                "sign, and estimate it from samples with the non-negative (r - 1) - log r, r = π(a|s) / π_old(a|s)"
+            )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`torch.optim.Optimizer.load_state_dict`; a saved ``max_kl`` that is not > 0 is refused."""
         for group in state_dict["param_groups"]:
@@ -129,7 +156,7 @@ class TrustRegionOptimizer(TrustRegionBase):
         full_step = step_scale * solve.direction
         expected = step_scale * solve.gradient_dot  # the linear model's gain, β gᵀs: no product needed
         calls = [1]
-        trial = self._trial(params, saved, full_step, closure, calls)
+        trial = self._trial(params, saved, full_step, closure, calls, constrained=True)
         search = self.line_search(SearchProblem(trial, loss, expected, max_kl))
         if search.accepted:
             add_step(params, saved, full_step, search.fraction)
