@@ -6,6 +6,9 @@ Two :class:`torch.optim.Optimizer` classes, one algorithm each:
 * :class:`TrustRegionMinimizer`: radius-controlled minimisation (Newton-CG, Gauss-Newton,
   Levenberg-Marquardt).
 
+:func:`minimize`, :func:`least_squares` and :func:`run` drive a whole run with scipy's stopping
+rules and return a :class:`RunResult`.
+
 >>> from trustregion import TrustRegionOptimizer
 >>> opt = TrustRegionOptimizer(model.parameters(), max_kl=0.01)   # doctest: +SKIP
 >>> opt.step(lambda: (surrogate_loss(), mean_kl()))                # doctest: +SKIP
@@ -24,6 +27,7 @@ from trustregion.curvature import (
     ResidualGaussNewton,
     StepProblem,
 )
+from trustregion.drivers import RunReason, RunResult, least_squares, minimize, run
 from trustregion.minimizer import TrustRegionMinimizer
 from trustregion.operator import LinearOperator
 from trustregion.optimizer import TrustRegionOptimizer
@@ -64,6 +68,8 @@ __all__ = [
     "RadiusStepResult",
     "Reason",
     "ResidualGaussNewton",
+    "RunReason",
+    "RunResult",
     "Solver",
     "SquaredError",
     "SteihaugCG",
@@ -72,4 +78,7 @@ __all__ = [
     "TrustRadius",
     "TrustRegionMinimizer",
     "TrustRegionOptimizer",
+    "least_squares",
+    "minimize",
+    "run",
 ]

@@ -1,0 +1,253 @@
+"""Whole-run drivers for non-RL users: stopping rules and a run result, as scipy.optimize gives them.
+
+:func:`run` drives any optimizer of this package with a closure until a stopping rule fires;
+:func:`minimize` (trust-region Newton-CG on a loss) and :func:`least_squares` (Gauss-Newton /
+Levenberg-Marquardt on a residual function) build the optimizer and call it. The stopping rules
+follow scipy's definitions:
+
+* ``gtol``: ``‖∇loss‖ <= max(gtol, gtol_rel · ‖∇loss(θ₀)‖)``, checked on the gradient each step
+  starts from (the relative form fires on problems whose minimum has a non-zero residual);
+* ``ftol``: an accepted step whose actual and predicted reductions are both below
+  ``ftol · |loss|`` (MINPACK's rule, :func:`scipy.optimize.least_squares`' ``ftol``);
+* ``xtol``: an accepted step with ``‖Δθ‖ <= xtol · (xtol + ‖θ‖)`` (scipy's ``xtol``);
+* ``max_steps``; ``patience`` consecutive refused steps, or a refused step at the control's
+  limit (``Reason.STALLED``), stop the run as stalled;
+* the optimizer's own convergence test (``Reason.CONVERGED``: ``‖∇loss‖ <= gtol`` of the control
+  with no negative curvature) and a non-finite loss, gradient or product end it too.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from trustregion._base import Closure, TrustRegionBase
+from trustregion._validation import check_callable, check_instance, check_integer, check_nonnegative
+from trustregion._vectors import flatten
+from trustregion.control import LevenbergMarquardt, RadiusControl, TrustRadius
+from trustregion.curvature import Curvature, Hessian, ResidualGaussNewton
+from trustregion.minimizer import TrustRegionMinimizer
+from trustregion.result import Reason, SolverReason, StepResult
+from trustregion.solvers import DenseSolver, Solver, SteihaugCG
+
+_DENSE_UP_TO = 100
+""":func:`least_squares` solves with :class:`DenseSolver` up to this many parameters, else with CG."""
+
+
+class RunReason(enum.Enum):
+    """Why :func:`run` stopped; :attr:`success` and :attr:`message` as scipy's ``OptimizeResult`` has them."""
+
+    GTOL = "gtol"
+    FTOL = "ftol"
+    XTOL = "xtol"
+    CONVERGED = "converged"
+    MAX_STEPS = "max_steps"
+    STALLED = "stalled"
+    NONFINITE = "nonfinite"
+    CALLBACK = "callback"
+
+    @property
+    def success(self) -> bool:
+        return self in (RunReason.GTOL, RunReason.FTOL, RunReason.XTOL, RunReason.CONVERGED)
+
+    @property
+    def message(self) -> str:
+        return _RUN_MESSAGES[self]
+
+
+_RUN_MESSAGES = {
+    RunReason.GTOL: "the gradient norm fell below max(gtol, gtol_rel · initial gradient norm)",
+    RunReason.FTOL: "an accepted step reduced the loss (actual and predicted) by less than ftol · |loss|",
+    RunReason.XTOL: "an accepted step moved the parameters by less than xtol · (xtol + ‖θ‖)",
+    RunReason.CONVERGED: "the optimizer's second-order test passed: a small gradient and no negative curvature",
+    RunReason.MAX_STEPS: "max_steps steps were taken without meeting a tolerance; raise max_steps or loosen one",
+    RunReason.STALLED: (
+        "steps kept being refused (patience reached, or the control at its limit): the loss is at the rounding "
+        "level of its evaluation, or its gradient and curvature do not match it"
+    ),
+    RunReason.NONFINITE: "a loss, gradient or curvature product was NaN or infinite; the parameters are the last good",
+    RunReason.CALLBACK: "the callback returned True",
+}
+
+
+@dataclass
+class RunResult:
+    """What a whole run did (compare :class:`scipy.optimize.OptimizeResult`).
+
+    Attributes:
+        success: whether a convergence rule (gtol, ftol, xtol, the optimizer's own) stopped the run.
+        reason: the rule that stopped it; ``message`` says it in words.
+        loss: the loss at the final parameters (the parameters are updated in place).
+        steps: optimizer steps taken, accepted or not; ``accepted_steps`` those that moved.
+        closure_calls, curvature_products: the work, summed over the steps.
+        gradient_norm: ``‖∇loss‖`` at the start of the last step.
+        history: the loss after every step.
+        last_step: the last step's own result.
+    """
+
+    success: bool
+    reason: RunReason
+    message: str
+    loss: float
+    steps: int
+    accepted_steps: int
+    closure_calls: int
+    curvature_products: int
+    gradient_norm: float
+    history: list[float] = field(default_factory=list)
+    last_step: StepResult | None = None
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """The tolerances of :func:`run`, checked once (see the module docstring for each rule)."""
+
+    max_steps: int = 1000
+    gtol: float = 1e-8
+    gtol_rel: float = 0.0
+    ftol: float = 1e-12
+    xtol: float = 1e-12
+    patience: int = 20
+
+    def __post_init__(self) -> None:
+        check_integer("max_steps", self.max_steps, 1)
+        check_integer("patience", self.patience, 1, "consecutive refused steps before the run counts as stalled")
+        for name in ("gtol", "gtol_rel", "ftol", "xtol"):
+            check_nonnegative(name, getattr(self, name), "0 turns this rule off")
+        if self.gtol_rel >= 1.0:
+            raise ValueError(f"gtol_rel must be < 1 (got {self.gtol_rel}): it is a fraction of the initial gradient")
+
+
+def run(
+    optimizer: TrustRegionBase,
+    closure: Closure,
+    *,
+    callback: Callable[[StepResult], bool | None] | None = None,
+    **tolerances: float,
+) -> RunResult:
+    """Step ``optimizer`` with ``closure`` until a stopping rule fires; return a :class:`RunResult`.
+
+    Args:
+        optimizer: a :class:`~trustregion.TrustRegionMinimizer` or
+            :class:`~trustregion.TrustRegionOptimizer`.
+        closure: as the optimizer's ``step`` takes it.
+        callback: called with each step's result; returning ``True`` stops the run.
+        **tolerances: ``max_steps`` (1000), ``gtol`` (1e-8), ``gtol_rel`` (0), ``ftol`` (1e-12),
+            ``xtol`` (1e-12), ``patience`` (20); see the module docstring.
+    """
+    check_instance("optimizer", optimizer, TrustRegionBase, "TrustRegionMinimizer(params)")
+    if callback is not None:
+        check_callable("callback", callback, "StepResult -> True to stop")
+    stopping = Stopping(**tolerances)
+    params = optimizer.param_groups[0]["params"]
+    tally = _Tally()
+    for _ in range(stopping.max_steps):
+        before = flatten([p.detach() for p in params])
+        optimizer.step(closure)
+        step = optimizer.last_result
+        moved = torch.linalg.vector_norm(flatten([p.detach() for p in params]) - before).item()
+        reason = tally.add(step, moved, torch.linalg.vector_norm(before).item(), stopping)
+        if reason is None and callback is not None and callback(step) is True:
+            reason = RunReason.CALLBACK
+        if reason is not None:
+            return tally.result(reason)
+    return tally.result(RunReason.MAX_STEPS)
+
+
+class _Tally:
+    """The running sums of a run and the stopping rules applied to each step."""
+
+    def __init__(self) -> None:
+        self.result_so_far = RunResult(False, RunReason.MAX_STEPS, "", math.nan, 0, 0, 0, 0, math.nan)
+        self.initial_gradient_norm = math.nan
+        self.refused_in_a_row = 0
+
+    def add(self, step: StepResult, moved: float, position: float, stopping: Stopping) -> RunReason | None:
+        total = self.result_so_far
+        if total.steps == 0:
+            self.initial_gradient_norm = step.gradient_norm
+        total.steps += 1
+        total.accepted_steps += step.accepted
+        total.closure_calls += step.closure_calls
+        total.curvature_products += step.curvature_products
+        total.gradient_norm, total.loss, total.last_step = step.gradient_norm, step.loss_after, step
+        total.history.append(step.loss_after)
+        self.refused_in_a_row = 0 if step.accepted else self.refused_in_a_row + 1
+        return self._reason(step, moved, position, stopping)
+
+    def _reason(self, step: StepResult, moved: float, position: float, stopping: Stopping) -> RunReason | None:
+        if step.reason.nonfinite:
+            return RunReason.NONFINITE
+        if step.reason is Reason.CONVERGED:
+            return RunReason.CONVERGED
+        small = step.gradient_norm <= max(stopping.gtol, stopping.gtol_rel * self.initial_gradient_norm)
+        if small and step.solver_reason is not SolverReason.NEGATIVE_CURVATURE:  # not a saddle just escaped
+            return RunReason.GTOL
+        if step.accepted:
+            level = stopping.ftol * abs(step.loss_before)
+            if step.actual_improvement <= level and step.expected_improvement <= level:
+                return RunReason.FTOL
+            if moved <= stopping.xtol * (stopping.xtol + position):
+                return RunReason.XTOL
+        if step.reason is Reason.STALLED or self.refused_in_a_row >= stopping.patience:
+            return RunReason.STALLED
+        return None
+
+    def result(self, reason: RunReason) -> RunResult:
+        total = self.result_so_far
+        total.reason, total.success, total.message = reason, reason.success, reason.message
+        return total
+
+
+def minimize(
+    loss: Callable[[], Tensor],
+    params: Sequence[Tensor],
+    *,
+    curvature: Curvature | None = None,
+    solver: Solver | None = None,
+    control: RadiusControl | None = None,
+    callback: Callable[[StepResult], bool | None] | None = None,
+    **tolerances: float,
+) -> RunResult:
+    """Minimise ``loss()`` over ``params`` by trust-region Newton-CG (``scipy.optimize.minimize(method="trust-ncg")``).
+
+    ``loss`` is a closure of no arguments computing the loss from ``params`` (updated in place).
+    Defaults: the exact :class:`~trustregion.Hessian`, :class:`~trustregion.SteihaugCG` and
+    :class:`~trustregion.TrustRadius`; ``tolerances`` as in :func:`run`.
+    """
+    check_callable("loss", loss, "() -> scalar loss tensor computed from params")
+    control = control or TrustRadius(gtol=tolerances.get("gtol", Stopping.gtol))
+    optimizer = TrustRegionMinimizer(params, curvature=curvature or Hessian(), solver=solver, control=control)
+    return run(optimizer, loss, callback=callback, **tolerances)
+
+
+def least_squares(
+    residuals: Callable[..., Tensor],
+    params: Sequence[Tensor],
+    *,
+    scale: float = 1.0,
+    solver: Solver | None = None,
+    control: RadiusControl | None = None,
+    callback: Callable[[StepResult], bool | None] | None = None,
+    **tolerances: float,
+) -> RunResult:
+    """Minimise ``½ scale ‖residuals(*params)‖²`` by Levenberg-Marquardt (``scipy.optimize.least_squares``).
+
+    ``residuals(*params)`` is a pure function of the parameter tensors (as
+    :class:`~trustregion.ResidualGaussNewton` takes it). Defaults: the Gauss-Newton matrix
+    ``JᵀJ``, :class:`~trustregion.LevenbergMarquardt`, and the :class:`~trustregion.DenseSolver`
+    up to 100 parameters (a :class:`~trustregion.SteihaugCG` above); ``tolerances`` as in :func:`run`.
+    """
+    check_callable("residuals", residuals, "residuals(*params) -> tensor of residuals")
+    params = list(params)
+    fit = ResidualGaussNewton(residuals, scale)
+    size = sum(p.numel() for p in params)
+    solver = solver or (DenseSolver() if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
+    control = control or LevenbergMarquardt(gtol=tolerances.get("gtol", Stopping.gtol))
+    optimizer = TrustRegionMinimizer(params, curvature=fit, solver=solver, control=control)
+    return run(optimizer, fit.closure(params), callback=callback, **tolerances)
