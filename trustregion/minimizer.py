@@ -64,6 +64,9 @@ class TrustRegionMinimizer(TrustRegionBase):
 
     The closure returns the loss, or ``(loss, constraint)`` when the curvature
     needs a constraint (``KLHessian``); the constraint is then reported, not bounded.
+    Both closure calls of a step (at ``θ`` and at ``θ + s``) run with gradients
+    enabled, so a loss that differentiates inside (a PDE residual's Laplacian, a
+    gradient penalty) needs no ``torch.enable_grad()`` of its own.
     """
 
     result_type = RadiusStepResult
@@ -142,7 +145,8 @@ class TrustRegionMinimizer(TrustRegionBase):
     ) -> RadiusStepResult:
         """Evaluate ``θ + s`` once; the control takes or refuses it on ``ρ`` and sets its next state."""
         calls, loss, constrained = [1], start.loss, start.constraint is not None
-        point = self._trial(params, saved, step, closure, calls, constrained=constrained)(1.0)
+        with torch.enable_grad():  # one trial per step: closures that differentiate inside (PINNs) just work
+            point = self._trial(params, saved, step, closure, calls, constrained=constrained)(1.0)
         rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))
         ratio = improvement_ratio(loss, point.loss, predicted, rounding)
         accepted = self.control.accept(ratio)
