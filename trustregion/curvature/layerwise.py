@@ -14,8 +14,8 @@ have a closed form per layer, and writing it out is cheaper than autograd's doub
 The hidden tensors stay contiguous, and an activation's tangent ``σ'(y) ⊙ ẏ`` is written straight
 into the ``ẋ`` half of the next layer's buffer. Autograd's double backward returns the weight
 path's contribution to ``J v`` through a transpose, so its additions and activation derivatives
-run on strided memory; on a 64-64 tanh MLP at batch 2,048 that was about a third of a product
-(``benchmarks/curvature.py`` measures both paths). A layer with a few outputs (a policy's last
+run on strided memory, a sizeable share of a product (``benchmarks/curvature.py`` measures both
+paths; docs/benchmarks.md has the numbers). A layer with a few outputs (a policy's last
 layer) is the one exception: on a CPU it is computed as ``(W xᵀ)ᵀ``, see :func:`_linear`.
 
 The network is read with :func:`torch.fx.symbolic_trace`. Any operation outside the list above,
