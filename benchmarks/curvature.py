@@ -62,11 +62,12 @@ from trustregion import (
     GaussNewton,
     Hessian,
     KLHessian,
+    LinearOperator,
     NoLineSearch,
+    OutputFisher,
     TrustRegionOptimizer,
 )
-from trustregion.curvature import Curvature, LinearOperator, StepProblem
-from trustregion.distributions import OutputFisher
+from trustregion.curvature import Curvature, StepProblem
 
 HIDDEN = 64
 CG_ITERATIONS = 10
@@ -330,12 +331,12 @@ def operators(workload: Workload) -> dict[str, Curvature]:
     return {
         "KLHessian (double backward of the mean KL)": KLHessian(),
         "Hessian (surrogate loss, double backward)": Hessian(),
-        "GaussNewton (library, layer-wise)": GaussNewton.for_module(workload.policy, lambda: workload.obs, fisher()),
+        "GaussNewton (library, layer-wise)": GaussNewton.for_module(workload.policy, workload.obs, fisher()),
         "GaussNewton (library, autograd graphs)": GaussNewton.for_module(
-            workload.policy, lambda: workload.obs, fisher(), layerwise=False
+            workload.policy, workload.obs, fisher(), layerwise=False
         ),
         "Damped(GaussNewton layer-wise, 0.1)": Damped(
-            GaussNewton.for_module(workload.policy, lambda: workload.obs, fisher()), 0.1
+            GaussNewton.for_module(workload.policy, workload.obs, fisher()), 0.1
         ),
         "alt: torch.func vjp + vjp-of-vjp": VjpOfVjpGaussNewton(outputs, fisher()),
         "alt: torch.func linearize + vjp": LinearizeGaussNewton(outputs, fisher()),

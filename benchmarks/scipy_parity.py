@@ -4,7 +4,7 @@ Both methods get the same float64 function, gradient and Hessian-vector product 
 autograd, double backward), the same start, the same gradient tolerance ``gtol`` and iteration cap,
 and the same trust-region constants (Δ₀ = 1, Δ̂ = 1000, η = 0.15; Nocedal & Wright
 Algorithm 4.1 with Steihaug-Toint CG and the forcing tolerance min(0.5, √‖g‖)). Ours is
-``TrustRegionOptimizer(curvature=Hessian(f), line_search=TrustRadius(gtol=...))`` with a
+``TrustRegionMinimizer(params, curvature=Hessian(), control=TrustRadius(gtol=...))`` with a
 loss-only closure.
 
 Counted, in ONE run per problem:
@@ -40,7 +40,7 @@ import scipy
 import torch
 from scipy.optimize import minimize
 
-from trustregion import Hessian, Reason, TrustRadius, TrustRegionOptimizer
+from trustregion import Hessian, Reason, TrustRadius, TrustRegionMinimizer
 
 DTYPE = torch.float64
 Function = Callable[[torch.Tensor], torch.Tensor]
@@ -152,7 +152,7 @@ class Outcome:
 
 def run_ours(problem: Problem, gtol: float, max_iter: int) -> Outcome:
     x = torch.tensor(problem.start, dtype=DTYPE, requires_grad=True)
-    opt = TrustRegionOptimizer([x], curvature=Hessian(), line_search=TrustRadius(gtol=gtol))
+    opt = TrustRegionMinimizer([x], curvature=Hessian(), control=TrustRadius(gtol=gtol))
     iterations = products = evaluations = 0
     converged = False
     while iterations < max_iter:

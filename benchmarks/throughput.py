@@ -37,7 +37,8 @@ import torch
 from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
-from trustregion.curvature import Curvature, LinearOperator, StepProblem
+from trustregion import LinearOperator, TrustRegionOptimizer
+from trustregion.curvature import Curvature, StepProblem
 
 
 class TimedCurvature(Curvature):
@@ -46,8 +47,8 @@ class TimedCurvature(Curvature):
     Only the outermost operator is timed: a damped operator calls its undamped one, and timing
     every ``LinearOperator`` call would count each product twice."""
 
-    def __init__(self, inner: Curvature) -> None:
-        self.inner, self.seconds = inner, []
+    def __init__(self, inner: Curvature, seconds: list[float]) -> None:
+        self.inner, self.seconds = inner, seconds
         self.needs_loss_graph = inner.needs_loss_graph
 
     def build(self, problem: StepProblem) -> LinearOperator:
@@ -60,6 +61,22 @@ class TimedCurvature(Curvature):
             return result
 
         return LinearOperator(timed_product, operator.dim, positive_semidefinite=operator.positive_semidefinite)
+
+
+def time_curvature_products(optimizer: TrustRegionOptimizer) -> list[float]:
+    """Time every curvature product ``optimizer`` makes from now on; returns the list the seconds go to.
+
+    Both ways a curvature reaches a step are covered: the one given at construction, and one
+    passed to ``step(closure, curvature)`` for that step (e.g. Gauss-Newton on the step's batch)."""
+    seconds: list[float] = []
+    optimizer.curvature = TimedCurvature(optimizer.curvature, seconds)
+    step = optimizer.step
+
+    def timed_step(closure, curvature=None):  # the signature of TrustRegionOptimizer.step
+        return step(closure, None if curvature is None else TimedCurvature(curvature, seconds))
+
+    optimizer.step = timed_step
+    return seconds
 
 
 class CallTimer:
@@ -167,9 +184,7 @@ class OursUpdate(TimedUpdate):
         self.batch = self.agent.rollout_batch()
         self.saved = copy.deepcopy(self.agent.actor.state_dict())
         self.generator = self.agent.generator.get_state()
-        curvature = TimedCurvature(self.agent.policy_optimizer.curvature)
-        self.agent.policy_optimizer.curvature = curvature
-        self.product_seconds = curvature.seconds
+        self.product_seconds = time_curvature_products(self.agent.policy_optimizer)
 
     def restore(self) -> None:
         self.agent.actor.load_state_dict(self.saved)

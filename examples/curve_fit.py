@@ -19,11 +19,11 @@ import torch
 
 from trustregion import (
     LevenbergMarquardt,
-    RadiusController,
+    RadiusControl,
     Reason,
     ResidualGaussNewton,
     TrustRadius,
-    TrustRegionOptimizer,
+    TrustRegionMinimizer,
 )
 
 TRUE_PARAMETERS = (2.5, 0.3, 1.7, 0.4)
@@ -53,11 +53,11 @@ class Fit:
     converged: bool
 
 
-def fit(t: torch.Tensor, y: torch.Tensor, controller: RadiusController, max_steps: int = 200) -> Fit:
-    """Minimise ``½ ‖model(t; θ) - y‖²`` from :data:`INITIAL_GUESS` with ``controller``."""
+def fit(t: torch.Tensor, y: torch.Tensor, control: RadiusControl, max_steps: int = 200) -> Fit:
+    """Minimise ``½ ‖model(t; θ) - y‖²`` from :data:`INITIAL_GUESS` with the radius ``control``."""
     params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in INITIAL_GUESS]
     least_squares = ResidualGaussNewton(lambda a, b, omega, phi: damped_oscillation(t, a, b, omega, phi) - y)
-    opt = TrustRegionOptimizer(params, curvature=least_squares, line_search=controller)
+    opt = TrustRegionMinimizer(params, curvature=least_squares, control=control)
     closure = least_squares.closure(params)
     steps = rejected = products = 0
     for _ in range(max_steps):

@@ -99,7 +99,7 @@ def race(method: str, step: Callable[[], None], model: nn.Module, data, target: 
 def natural_gradient(seed: int, data, target: float, max_kl: float = 0.1, damping: float = 1e-3) -> Race:
     inputs, labels = data
     model = make_model(seed)
-    fisher = Damped(GaussNewton.for_module(model, lambda: inputs, CategoricalFisher()), damping)
+    fisher = Damped(GaussNewton.for_module(model, inputs, CategoricalFisher()), damping)
     opt = TrustRegionOptimizer(model.parameters(), max_kl, curvature=fisher, solver=ConjugateGradient(max_iter=10))
     closure = KLClosure(model, inputs, labels)
 

@@ -1,6 +1,6 @@
 """Trust-region Newton-CG on the Rosenbrock function, and an escape from a saddle point.
 
-``TrustRegionOptimizer(params, curvature=Hessian(), line_search=TrustRadius())`` with a
+``TrustRegionMinimizer(params, curvature=Hessian(), control=TrustRadius())`` with a
 loss-only closure is the classic trust-region Newton-CG method: Steihaug-Toint CG on the
 exact Hessian inside a Euclidean ball whose radius follows the ratio of actual to
 predicted reduction. The loop stops when a step reports ``Reason.CONVERGED``: the
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trustregion import Hessian, Reason, StepResult, TrustRadius, TrustRegionOptimizer
+from trustregion import Hessian, RadiusStepResult, Reason, TrustRadius, TrustRegionMinimizer
 
 
 def rosenbrock(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ class Run:
     steps: int
     curvature_products: int
     converged: bool
-    history: list[StepResult]
+    history: list[RadiusStepResult]
 
 
 def minimise(
@@ -59,8 +59,8 @@ def minimise(
     :func:`scipy.optimize.minimize` counts ``nit``; the final ``CONVERGED`` report is not one.
     """
     x = start.clone().requires_grad_()
-    opt = TrustRegionOptimizer([x], curvature=Hessian(), line_search=TrustRadius(initial_radius, gtol=gtol))
-    history: list[StepResult] = []
+    opt = TrustRegionMinimizer([x], curvature=Hessian(), control=TrustRadius(initial_radius, gtol=gtol))
+    history: list[RadiusStepResult] = []
     for _ in range(max_steps):
         opt.step(lambda: function(x))
         history.append(opt.last_result)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
     first = escape.history[0]
     print("Saddle θ1² - θ2² + θ2⁴ from its stationary point (0, 0):")
     print(
-        f"  step 0: gradient norm {first.gradient_norm:g}, Lanczos min curvature {first.extra['min_curvature']:.3f} "
+        f"  step 0: gradient norm {first.gradient_norm:g}, Lanczos min curvature {first.min_curvature:.3f} "
         f"-> {first.solver_reason.value} step, {first.reason.value}"
     )
     print(

@@ -73,7 +73,8 @@ def check_callable(name: str, value: Any, signature: str) -> Any:
 def check_instance(name: str, value: Any, kind: type, example: str) -> Any:
     """An instance of ``kind``; ``example`` is a valid value, e.g. ``"KLHessian()"``."""
     if not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__} such as {example} (got {type(value).__name__})")
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        raise TypeError(f"{name} must be {article} {kind.__name__} such as {example} (got {type(value).__name__})")
     return value
 
 

@@ -110,7 +110,7 @@ class TrustRegionOptimizer(TrustRegionBase):
     def _check_trial(self, point: TrialPoint) -> None:
         """A KL is never negative: a value below ``-1e-3 δ`` (rounding) means a sign error or a noisy estimator."""
         max_kl = self.param_groups[0]["max_kl"]
-        if point.constraint is not None and point.constraint < -_KL_ROUNDING * max_kl:
+        if point.constraint is not None and -math.inf < point.constraint < -_KL_ROUNDING * max_kl:
             raise ValueError(
                 f"closure's constraint is {point.constraint:.3g} at a trial point: a KL is never negative; check its "
                 "sign, and estimate it from samples with the non-negative (r - 1) - log r, r = π(a|s) / π_old(a|s)"
@@ -139,14 +139,14 @@ class TrustRegionOptimizer(TrustRegionBase):
             return self._rejected(Reason.NONFINITE_PRODUCT, start.loss, **details)
         if not solve.usable:
             return self._rejected(Reason.NON_POSITIVE_CURVATURE, start.loss, **details)
-        return self._search(params, saved, closure, start.loss, max_kl, solve, details)
+        return self._search(params, saved, closure, start, max_kl, solve, details)
 
     def _search(
         self,
         params: list[Tensor],
         saved: list[Tensor],
         closure: Closure,
-        loss: float,
+        start: StartPoint,
         max_kl: float,
         solve: SolverResult,
         details: dict[str, Any],
@@ -155,8 +155,8 @@ class TrustRegionOptimizer(TrustRegionBase):
         step_scale = math.sqrt(2.0 * max_kl / solve.curvature)
         full_step = step_scale * solve.direction
         expected = step_scale * solve.gradient_dot  # the linear model's gain, β gᵀs: no product needed
-        calls = [1]
-        trial = self._trial(params, saved, full_step, closure, calls, constrained=True)
+        calls, loss = [1], start.loss
+        trial = self._trial(params, saved, full_step, closure, calls, constrained=start.constraint is not None)
         search = self.line_search(SearchProblem(trial, loss, expected, max_kl))
         if search.accepted:
             add_step(params, saved, full_step, search.fraction)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy.optimize import least_squares
 
-from trustregion import Reason, SolverReason
+from trustregion import Reason
+from trustregion.result import SolverReason
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

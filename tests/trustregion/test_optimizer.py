@@ -35,14 +35,16 @@ from trustregion import (
     DenseSolver,
     Hessian,
     KLHessian,
+    KLStepResult,
     LinearOperator,
     NoLineSearch,
+    RadiusStepResult,
     Reason,
-    SolverReason,
-    SolverResult,
+    SteihaugCG,
     StepProblem,
     TrustRegionOptimizer,
 )
+from trustregion.result import SolverReason, SolverResult
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -75,6 +77,10 @@ class QuadraticProblem:
         constraint = 0.5 * d @ fisher @ d + self.quartic * (d**4).sum()
         return loss, constraint
 
+    def restart(self) -> None:
+        """Make the current parameters ``θ_old`` of the next step: the constraint is measured from them."""
+        self.theta0 = torch.cat([p.detach().reshape(-1) for p in self.params]).to(self.theta0.dtype)
+
     def closed_form_step(self, max_kl: float) -> Tensor:
         """``sqrt(2δ / gᵀF⁻¹g) · F⁻¹g``."""
         natural = torch.linalg.solve(self.fisher, self.gradient)
@@ -95,10 +101,14 @@ def quadratic_problem(
 
 
 class Recording:
-    """Counts what a step did: closure calls, and (wrapped) solver results and curvature products."""
+    """Counts what a step did: closure calls, (wrapped) solver results and curvature products.
+
+    ``solver_products`` holds, for every solve, the products the operator it was handed counted during it.
+    """
 
     def __init__(self) -> None:
         self.solves: list[SolverResult] = []
+        self.solver_products: list[int] = []
         self.products = 0
 
 
@@ -108,8 +118,10 @@ class RecordingSolver(ConjugateGradient):
         self.recording = recording
 
     def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
+        before = operator.products
         result = super().__call__(operator, rhs)
         self.recording.solves.append(result)
+        self.recording.solver_products.append(operator.products - before)
         return result
 
 
@@ -143,6 +155,7 @@ def test_step_is_the_closed_form_natural_gradient_step(n: int, seed: int, log_ma
     loss_before = opt.step(problem.loss_and_constraint)
 
     result = opt.last_result
+    assert isinstance(result, KLStepResult)
     assert result.accepted and result.reason is Reason.ACCEPTED
     assert loss_before.dtype == DTYPE and loss_before.item() == 0.0
     expected = problem.closed_form_step(max_kl)
@@ -309,7 +322,7 @@ def test_backtracking_takes_the_first_acceptable_fraction_and_reports_it(
 
     result = opt.last_result
     (solve,) = recording.solves
-    assert result.curvature_products == recording.products == solve.products
+    assert result.curvature_products == recording.products == recording.solver_products[0]
     assert (result.solver_iterations, result.solver_reason) == (solve.iterations, solve.reason)
     assert result.gradient_norm == pytest.approx(problem.gradient.norm().item(), rel=1e-12)
     assert result.step_scale == pytest.approx(math.sqrt(2 * max_kl / solve.curvature), rel=1e-15)
@@ -398,13 +411,15 @@ def test_state_dict_round_trip_keeps_max_kl_and_step_counters() -> None:
     opt = TrustRegionOptimizer(problem.params, max_kl=0.02, curvature=KLHessian(), solver=DenseSolver())
     opt.step(problem.loss_and_constraint)
     rejected = int(not opt.last_result.accepted)
-    opt.step(problem.loss_and_constraint)  # KL measured from θ0 again: may be rejected
+    problem.restart()  # the constraint is the KL from the step's own θ_old
+    opt.step(problem.loss_and_constraint)
     rejected += int(not opt.last_result.accepted)
 
     def never_improves() -> tuple[Tensor, Tensor]:
         loss, constraint = problem.loss_and_constraint()
         return (loss if torch.is_grad_enabled() else loss + 1.0), constraint  # trials run under no_grad
 
+    problem.restart()
     opt.step(never_improves)
     assert not opt.last_result.accepted
 
@@ -417,6 +432,7 @@ def test_state_dict_round_trip_keeps_max_kl_and_step_counters() -> None:
     assert restored.param_groups[0]["max_kl"] == 0.02
     state = restored.state[problem.params[0]]
     assert (state["step"], state["rejected_steps"]) == (3, rejected + 1)
+    problem.restart()
     restored.step(problem.loss_and_constraint)
     assert state["step"] == 4
 
@@ -435,6 +451,77 @@ def test_reduce_sees_the_gradient_every_product_and_the_closure_scalars() -> Non
     assert seen.count((6,)) == 1 + result.curvature_products  # gradient + products
     assert seen.count((2,)) == result.closure_calls  # (loss, constraint) once per call
     assert len(seen) == 1 + result.curvature_products + result.closure_calls
+
+
+# ----------------------------------------------------------------------------- SteihaugCG in the KL-constrained step
+
+
+def kl_problem(n: int = 20, seed: int = 0):
+    """Loss ``-cᵀx``, constraint ``½ (x - x₀)ᵀF(x - x₀)``: KLHessian gives ``F``, the TRPO step is closed form."""
+    generator = torch.Generator().manual_seed(seed)
+    fisher = symmetric_matrix(torch.logspace(-1, 2, n, dtype=DTYPE), generator)
+    direction = torch.randn(n, generator=generator, dtype=DTYPE)
+    x = torch.zeros(n, dtype=DTYPE, requires_grad=True)
+    anchor = x.detach().clone()
+
+    def closure():
+        delta = x - anchor
+        return -(direction @ x), 0.5 * delta @ fisher @ delta
+
+    return x, closure, fisher, direction
+
+
+@pytest.mark.parametrize("max_kl", [1e-4, 1e-2, 1.0])
+def test_steihaug_in_the_kl_constrained_step_stays_on_the_kl_boundary(max_kl: float) -> None:
+    x, closure, fisher, _ = kl_problem()
+    opt = TrustRegionOptimizer(
+        [x], max_kl, curvature=KLHessian(), solver=SteihaugCG(max_iter=10), line_search=NoLineSearch()
+    )
+    opt.step(closure)
+    step = x.detach()
+    assert 0.5 * (step @ fisher @ step).item() == pytest.approx(max_kl, rel=1e-9)
+    assert opt.last_result.solver_reason in (SolverReason.BOUNDARY, SolverReason.MAX_ITERATIONS)
+
+
+def test_steihaug_in_the_kl_step_stops_early_where_cg_runs_on() -> None:
+    """Small δ: the iterates cross ½ sᵀFs = δ after few products, and the step still gains."""
+    x, closure, _, direction = kl_problem()
+    steihaug = TrustRegionOptimizer([x], 1e-4, curvature=KLHessian(), solver=SteihaugCG(max_iter=10))
+    steihaug.step(closure)
+    steihaug_gain, steihaug_products = (direction @ x).item(), steihaug.last_result.curvature_products
+    with torch.no_grad():
+        x.zero_()
+    cg = TrustRegionOptimizer([x], 1e-4, curvature=KLHessian(), solver=ConjugateGradient(max_iter=10))
+    cg.step(closure)
+    assert steihaug.last_result.solver_reason is SolverReason.BOUNDARY
+    assert steihaug_products < cg.last_result.curvature_products == 10
+    assert 0 < steihaug_gain <= (direction @ x).item() * (1 + 1e-12)
+
+
+def test_steihaug_with_room_is_the_cg_step_in_the_kl_problem() -> None:
+    """Large δ: the Newton point lies inside, Steihaug runs like CG and β rescales as before."""
+    x, closure, _, _ = kl_problem(n=6)
+    TrustRegionOptimizer(
+        [x], 1e6, curvature=KLHessian(), solver=SteihaugCG(tol=1e-12), line_search=NoLineSearch()
+    ).step(closure)
+    ours = x.detach().clone()
+    with torch.no_grad():
+        x.zero_()
+    TrustRegionOptimizer(
+        [x], 1e6, curvature=KLHessian(), solver=ConjugateGradient(max_iter=6, tol=1e-12), line_search=NoLineSearch()
+    ).step(closure)
+    torch.testing.assert_close(ours, x.detach(), rtol=1e-9, atol=1e-9)
+
+
+def test_the_kl_constrained_optimizer_keeps_no_radius_state() -> None:
+    x, closure, _, _ = kl_problem()
+    opt = TrustRegionOptimizer([x], 0.01, curvature=KLHessian())
+    saved = snapshot([x])
+    opt.step(closure)
+    assert not bitwise_equal([x], saved)
+    assert set(opt.state[x]) == {"step", "rejected_steps"}
+    assert type(opt.last_result) is KLStepResult and not isinstance(opt.last_result, RadiusStepResult)
+    assert not hasattr(opt.last_result, "radius")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -457,7 +544,7 @@ def test_rejects_a_bad_max_kl_in_a_param_group() -> None:
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.5, 1.5, math.nan])
 def test_backtracking_rejects_bad_ratio(ratio: float) -> None:
-    with pytest.raises(ValueError, match=r"ratio must be in the open interval \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"ratio must be in \(0\.0, 1\.0\)"):
         BacktrackingLineSearch(ratio=ratio)
 
 
@@ -469,7 +556,7 @@ def test_backtracking_rejects_bad_max_backtracks(max_backtracks: object) -> None
 
 @pytest.mark.parametrize("value", [-0.1, 1.0, 2.0, math.nan])
 def test_backtracking_rejects_bad_min_improvement_ratio(value: float) -> None:
-    with pytest.raises(ValueError, match=r"min_improvement_ratio must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"min_improvement_ratio must be in \[0\.0, 1\.0\)"):
         BacktrackingLineSearch(min_improvement_ratio=value)
 
 

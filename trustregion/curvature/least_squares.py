@@ -24,15 +24,13 @@ class ResidualGaussNewton(Curvature):
     reuse the cached linearisation of :class:`~trustregion.GaussNewton`
     (``J v`` and ``Jᵀu`` without re-running ``r``). Pair it with
     :class:`~trustregion.LevenbergMarquardt` (adaptive damping ``A + μI``) or
-    :class:`~trustregion.TrustRadius` (a trust-region Gauss-Newton method)::
+    :class:`~trustregion.TrustRadius` (a trust-region Gauss-Newton method) in a
+    :class:`~trustregion.TrustRegionMinimizer`, or let
+    :func:`~trustregion.least_squares` do both and the loop::
 
         fit = ResidualGaussNewton(lambda a, b: a * torch.exp(-b * t) - y)
-        opt = TrustRegionOptimizer([a, b], curvature=fit, line_search=LevenbergMarquardt())
-        closure = fit.closure([a, b])       # L = ½ ‖r‖², matching A
-        for _ in range(100):
-            opt.step(closure)
-            if opt.last_result.reason is Reason.CONVERGED:
-                break
+        opt = TrustRegionMinimizer([a, b], curvature=fit, control=LevenbergMarquardt())
+        result = trustregion.run(opt, fit.closure([a, b]))   # L = ½ ‖r‖², matching A
 
     Args:
         residuals: ``residuals(*params) -> r``, a pure function of the optimized

@@ -40,7 +40,7 @@ class SteihaugCG(Solver):
     to ``A⁻¹g`` lies on the ray through it); Steihaug's boundary point is its
     Krylov approximation, reached in fewer products when the natural-gradient
     step is long compared with ``δ``. Used as the solver of a
-    :class:`~trustregion.BallOptimizer` with a line search, it receives
+    :class:`~trustregion.TrustRegionOptimizer` with a line search, it receives
     ``Ball.kl(max_kl)``.
 
     ``sᵀAs`` and ``gᵀs`` come from vectors already formed (``A s = g - r``,

@@ -1,8 +1,9 @@
-"""Radius controllers: the update rules, and TrustRegionOptimizer as a trust-region Newton-CG minimiser."""
+"""Radius controls: the update rules and their typed state, and TrustRegionMinimizer as trust-region Newton-CG."""
 
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import math
 
@@ -10,25 +11,26 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from trustregion_helpers import DTYPE, bitwise_equal, snapshot, symmetric_matrix
+from trustregion_helpers import DTYPE, bitwise_equal, symmetric_matrix
 
 from trustregion import (
-    ConjugateGradient,
+    CategoricalFisher,
     Curvature,
     GaussNewton,
     Hessian,
-    KLHessian,
     LevenbergMarquardt,
     LinearOperator,
-    NoLineSearch,
+    RadiusStepResult,
     Reason,
-    SolverReason,
     SquaredError,
     SteihaugCG,
     StepProblem,
     TrustRadius,
-    TrustRegionOptimizer,
+    TrustRegionMinimizer,
 )
+from trustregion.control import DampingState, TrustRadiusState
+from trustregion.result import SolverReason
+from trustregion.solvers import Ball
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -61,10 +63,10 @@ class RecordingCurvature(Curvature):
 
 
 def minimise(function, start, *, steps: int = 200, controller=None, curvature=None, solver=None):
-    """Run the optimizer until CONVERGED or ``steps``; return the parameter, the optimizer and the records."""
+    """Run the minimizer until CONVERGED or ``steps``; return the parameter, the minimizer and the records."""
     x = torch.tensor(start, dtype=DTYPE, requires_grad=True)
-    opt = TrustRegionOptimizer(
-        [x], curvature=curvature or Hessian(function), line_search=controller or TrustRadius(), solver=solver
+    opt = TrustRegionMinimizer(
+        [x], curvature=curvature or Hessian(function), control=controller or TrustRadius(), solver=solver
     )
     records = []
     for _ in range(steps):
@@ -92,7 +94,7 @@ def minimise(function, start, *, steps: int = 200, controller=None, curvature=No
 )
 def test_trust_radius_follows_nocedal_wright_algorithm_4_1(radius, ratio, step_norm, expected) -> None:
     controller = TrustRadius(initial_radius=1.0, max_radius=4.0)
-    assert controller.update({"trust_radius": radius}, ratio, step_norm) == {"trust_radius": expected}
+    assert controller.update(TrustRadiusState(radius), ratio, step_norm) == TrustRadiusState(expected)
 
 
 def test_steps_are_taken_only_above_eta() -> None:
@@ -112,15 +114,28 @@ def test_steps_are_taken_only_above_eta() -> None:
     ],
 )
 def test_levenberg_marquardt_follows_nielsen(ratio: float, expected_damping: float, expected_growth: float) -> None:
-    state = LevenbergMarquardt().update({"damping": 1.0, "damping_growth": 4.0}, ratio, 1.0)
-    assert state["damping"] == pytest.approx(expected_damping)
-    assert state["damping_growth"] == expected_growth
+    state = LevenbergMarquardt().update(DampingState(1.0, 4.0), ratio, 1.0)
+    assert isinstance(state, DampingState)
+    assert state.damping == pytest.approx(expected_damping)
+    assert state.growth == expected_growth
 
 
 def test_levenberg_marquardt_damping_stays_in_its_bounds() -> None:
     controller = LevenbergMarquardt(1.0, min_damping=0.5, max_damping=1.5)
-    assert controller.update({"damping": 1.0, "damping_growth": 2.0}, 0.99, 1.0)["damping"] == 0.5
-    assert controller.update({"damping": 1.0, "damping_growth": 2.0}, -1.0, 1.0)["damping"] == 1.5
+    assert controller.update(DampingState(1.0, 2.0), 0.99, 1.0).damping == 0.5
+    assert controller.update(DampingState(1.0, 2.0), -1.0, 1.0).damping == 1.5
+
+
+def test_the_state_sets_the_region_and_the_damping() -> None:
+    """``init`` gives the first state; ``region`` and ``damping`` read it (a radius, or a shift ``μ``)."""
+    trust_radius = TrustRadius(initial_radius=2.0, metric="operator")
+    assert trust_radius.init() == TrustRadiusState(2.0)
+    assert trust_radius.region(TrustRadiusState(0.5)) == Ball(0.5, "operator")
+    assert trust_radius.damping(TrustRadiusState(0.5)) == 0.0
+    levenberg_marquardt = LevenbergMarquardt(initial_damping=0.3)
+    assert levenberg_marquardt.init() == DampingState(0.3, 2.0)
+    assert levenberg_marquardt.region(DampingState(0.3)) == Ball(math.inf, "euclidean")
+    assert levenberg_marquardt.damping(DampingState(0.7, 8.0)) == 0.7
 
 
 @pytest.mark.parametrize(
@@ -150,15 +165,16 @@ def test_newton_cg_minimises_rosenbrock_and_reports_convergence() -> None:
     final = records[-1][2]
     assert final.reason is Reason.CONVERGED and not final.accepted
     assert final.gradient_norm <= 1e-8
-    assert final.extra["min_curvature"] > 0  # the probe saw the positive definite Hessian at (1, 1)
+    assert isinstance(final, RadiusStepResult)
+    assert final.min_curvature > 0  # the probe saw the positive definite Hessian at (1, 1)
     torch.testing.assert_close(x.detach(), torch.ones(2, dtype=DTYPE), rtol=0, atol=1e-8)
-    assert isinstance(opt.solver, SteihaugCG)  # the default solver under a radius controller
+    assert isinstance(opt.solver, SteihaugCG)  # the minimizer's default solver
     assert any(not r.accepted for _, _, r in records[:-1])  # the run exercised rejections
 
 
 def test_newton_cg_works_in_float32() -> None:
     x = torch.tensor([-1.2, 1.0], requires_grad=True)
-    opt = TrustRegionOptimizer([x], curvature=Hessian(rosenbrock), line_search=TrustRadius(gtol=1e-3))
+    opt = TrustRegionMinimizer([x], curvature=Hessian(rosenbrock), control=TrustRadius(gtol=1e-3))
     for _ in range(100):
         opt.step(lambda: rosenbrock(x))
         if opt.last_result.reason is Reason.CONVERGED:
@@ -235,8 +251,8 @@ def test_saddle_start_with_zero_gradient_escapes() -> None:
     first = records[0][2]
     assert first.gradient_norm == 0.0
     assert first.accepted and first.solver_reason is SolverReason.NEGATIVE_CURVATURE
-    assert first.extra["min_curvature"] == pytest.approx(-2.0)
-    assert first.extra["step_norm"] == pytest.approx(0.5)
+    assert first.min_curvature == pytest.approx(-2.0)
+    assert first.step_norm == pytest.approx(0.5)
     assert first.loss_after == pytest.approx(-0.25 + 0.0625)  # moved along ±e₂, the negative-curvature axis
     assert records[-1][2].reason is Reason.CONVERGED
     assert symmetric_saddle(x).item() == pytest.approx(-0.25, abs=1e-12)
@@ -264,18 +280,19 @@ def test_positive_semidefinite_curvature_converges_without_a_probe() -> None:
     target = torch.tensor([1.0, -2.0, 0.5], dtype=DTYPE)
     x = torch.zeros(3, dtype=DTYPE, requires_grad=True)
     curvature = GaussNewton(lambda p: p - target, SquaredError())
-    opt = TrustRegionOptimizer([x], curvature=curvature, line_search=TrustRadius(initial_radius=10.0))
+    opt = TrustRegionMinimizer([x], curvature=curvature, control=TrustRadius(initial_radius=10.0))
     closure = lambda: 0.5 * ((x - target) ** 2).sum()  # noqa: E731
     opt.step(closure)
     assert opt.last_result.accepted
     opt.step(closure)
     assert opt.last_result.reason is Reason.CONVERGED and opt.last_result.curvature_products == 0
+    assert math.isnan(opt.last_result.min_curvature)  # not probed
 
 
 def test_operator_metric_needs_a_positive_semidefinite_curvature() -> None:
     x = torch.tensor([1.0, 2.0], dtype=DTYPE, requires_grad=True)
     for controller in (TrustRadius(metric="operator"), LevenbergMarquardt()):
-        opt = TrustRegionOptimizer([x], curvature=Hessian(), line_search=controller)
+        opt = TrustRegionMinimizer([x], curvature=Hessian(), control=controller)
         with pytest.raises(ValueError, match="positive semidefinite"):
             opt.step(lambda: rosenbrock(x))
 
@@ -287,10 +304,8 @@ def test_operator_metric_bounds_the_quadratic_kl() -> None:
     labels = torch.randint(0, 3, (64,), generator=generator)
     weight = torch.zeros(5, 3, dtype=DTYPE, requires_grad=True)
     logits = lambda w: features @ w  # noqa: E731
-    from trustregion import CategoricalFisher
-
     curvature = GaussNewton(logits, CategoricalFisher())
-    opt = TrustRegionOptimizer([weight], curvature=curvature, line_search=TrustRadius(0.1, metric="operator"))
+    opt = TrustRegionMinimizer([weight], curvature=curvature, control=TrustRadius(0.1, metric="operator"))
     for _ in range(5):
         before = weight.detach().clone()
         old_logits = logits(before)
@@ -314,9 +329,16 @@ def _categorical_kl(old_logits: torch.Tensor, new_logits: torch.Tensor) -> torch
 
 def test_radius_survives_state_dict_round_trip() -> None:
     x, opt, _ = minimise(rosenbrock, [-1.2, 1.0], steps=6)
-    radius = opt.state[x]["trust_radius"]
+    radius = opt.control_state.radius
     assert radius != 1.0  # it moved, so the round trip carries information
-    saved_state, saved_x = copy.deepcopy(opt.state_dict()), x.detach().clone()
+    assert opt.state[x]["control"] == TrustRadiusState(radius)
+    packed = opt.state_dict()
+    assert packed["state"][0]["control"] == {"radius": radius}  # a plain dict: torch.load(weights_only=True) reads it
+    assert opt.state[x]["control"] == TrustRadiusState(radius)  # packing left the live state typed
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    buffer.seek(0)
+    saved_state, saved_x = torch.load(buffer, weights_only=True), x.detach().clone()
 
     def continue_run(optimizer, parameter):
         trajectory = []
@@ -327,81 +349,15 @@ def test_radius_survives_state_dict_round_trip() -> None:
 
     expected = continue_run(opt, x)
     y = saved_x.clone().requires_grad_()
-    restored = TrustRegionOptimizer([y], curvature=Hessian(rosenbrock), line_search=TrustRadius())
-    restored.load_state_dict(saved_state)
-    assert restored.state[y]["trust_radius"] == radius
+    restored = TrustRegionMinimizer([y], curvature=Hessian(rosenbrock), control=TrustRadius())
+    restored.load_state_dict(copy.deepcopy(saved_state))
+    assert restored.state[y]["control"] == TrustRadiusState(radius) == restored.control_state
     actual = continue_run(restored, y)
     for (p, r), (q, s) in zip(expected, actual, strict=True):
         assert bitwise_equal([p], [q]) and r == s
-    fresh = TrustRegionOptimizer([saved_x.clone().requires_grad_()], curvature=Hessian(rosenbrock))
-    assert "trust_radius" not in fresh.state_dict()["state"].get(0, {})
-
-
-# ----------------------------------------------------------------------------- the KL-constrained (TRPO) path
-
-
-def kl_problem(n: int = 20, seed: int = 0):
-    """Loss ``-cᵀx``, constraint ``½ (x - x₀)ᵀF(x - x₀)``: KLHessian gives ``F``, the TRPO step is closed form."""
-    generator = torch.Generator().manual_seed(seed)
-    fisher = symmetric_matrix(torch.logspace(-1, 2, n, dtype=DTYPE), generator)
-    direction = torch.randn(n, generator=generator, dtype=DTYPE)
-    x = torch.zeros(n, dtype=DTYPE, requires_grad=True)
-    anchor = x.detach().clone()
-
-    def closure():
-        delta = x - anchor
-        return -(direction @ x), 0.5 * delta @ fisher @ delta
-
-    return x, closure, fisher, direction
-
-
-@pytest.mark.parametrize("max_kl", [1e-4, 1e-2, 1.0])
-def test_steihaug_in_the_kl_constrained_step_stays_on_the_kl_boundary(max_kl: float) -> None:
-    x, closure, fisher, _ = kl_problem()
-    opt = TrustRegionOptimizer(
-        [x], max_kl, curvature=KLHessian(), solver=SteihaugCG(max_iter=10), line_search=NoLineSearch()
-    )
-    opt.step(closure)
-    step = x.detach()
-    assert 0.5 * (step @ fisher @ step).item() == pytest.approx(max_kl, rel=1e-9)
-    assert opt.last_result.solver_reason in (SolverReason.BOUNDARY, SolverReason.MAX_ITERATIONS)
-
-
-def test_steihaug_in_the_kl_step_stops_early_where_cg_runs_on() -> None:
-    """Small δ: the iterates cross ½ sᵀFs = δ after few products, and the step still gains."""
-    x, closure, _, direction = kl_problem()
-    steihaug = TrustRegionOptimizer([x], 1e-4, curvature=KLHessian(), solver=SteihaugCG(max_iter=10))
-    steihaug.step(closure)
-    steihaug_gain, steihaug_products = (direction @ x).item(), steihaug.last_result.curvature_products
-    with torch.no_grad():
-        x.zero_()
-    cg = TrustRegionOptimizer([x], 1e-4, curvature=KLHessian(), solver=ConjugateGradient(max_iter=10))
-    cg.step(closure)
-    assert steihaug.last_result.solver_reason is SolverReason.BOUNDARY
-    assert steihaug_products < cg.last_result.curvature_products == 10
-    assert 0 < steihaug_gain <= (direction @ x).item() * (1 + 1e-12)
-
-
-def test_steihaug_with_room_is_the_cg_step_in_the_kl_problem() -> None:
-    """Large δ: the Newton point lies inside, Steihaug runs like CG and β rescales as before."""
-    x, closure, _, _ = kl_problem(n=6)
-    TrustRegionOptimizer(
-        [x], 1e6, curvature=KLHessian(), solver=SteihaugCG(tol=1e-12), line_search=NoLineSearch()
-    ).step(closure)
-    ours = x.detach().clone()
-    with torch.no_grad():
-        x.zero_()
-    TrustRegionOptimizer(
-        [x], 1e6, curvature=KLHessian(), solver=ConjugateGradient(max_iter=6, tol=1e-12), line_search=NoLineSearch()
-    ).step(closure)
-    torch.testing.assert_close(ours, x.detach(), rtol=1e-9, atol=1e-9)
-
-
-def test_line_search_optimizers_keep_their_state_free_of_radius_keys() -> None:
-    x, closure, _, _ = kl_problem()
-    opt = TrustRegionOptimizer([x], 0.01, curvature=KLHessian())
-    saved = snapshot([x])
-    opt.step(closure)
-    assert not bitwise_equal([x], saved)
-    assert set(opt.state[x]) == {"step", "rejected_steps"}
-    assert math.isnan(opt.last_result.radius)
+    fresh = TrustRegionMinimizer([saved_x.clone().requires_grad_()], curvature=Hessian(rosenbrock))
+    assert "control" not in fresh.state_dict()["state"].get(0, {})
+    assert fresh.control_state == TrustRadiusState(1.0)
+    other = TrustRegionMinimizer([saved_x.clone().requires_grad_()], control=LevenbergMarquardt())
+    with pytest.raises(ValueError, match="DampingState"):  # a radius is not a damping
+        other.load_state_dict(copy.deepcopy(saved_state))

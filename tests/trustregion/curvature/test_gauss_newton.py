@@ -124,7 +124,7 @@ def policy_and_batch(family: Family, shape: dict[str, int]) -> tuple[nn.Module, 
 def gauss_newton_dense(module: nn.Module, obs: Tensor, fisher: OutputFisher, *, layerwise: bool = True) -> Tensor:
     params = list(module.parameters())
     loss = sum((p**2).sum() for p in params)  # GaussNewton only needs the parameters
-    curvature = GaussNewton.for_module(module, lambda: obs, fisher, layerwise=layerwise)
+    curvature = GaussNewton.for_module(module, obs, fisher, layerwise=layerwise)
     operator = curvature.build(step_problem(params, loss))
     with torch.no_grad():  # the optimizer solves under no_grad
         return operator.dense(DTYPE)
@@ -187,7 +187,7 @@ def test_gauss_newton_equals_the_kl_hessian_for_a_log_std_of_shape_one_by_action
 def test_gauss_newton_is_symmetric_and_positive_semidefinite(family: Family, shape: dict[str, int]) -> None:
     module, obs = policy_and_batch(family, shape)
     params = list(module.parameters())
-    operator = GaussNewton.for_module(module, lambda: obs, family.fisher()).build(
+    operator = GaussNewton.for_module(module, obs, family.fisher()).build(
         step_problem(params, sum(p.sum() for p in params))
     )
     assert operator.positive_semidefinite
@@ -199,21 +199,39 @@ def test_gauss_newton_is_symmetric_and_positive_semidefinite(family: Family, sha
     assert torch.linalg.eigvalsh(0.5 * (dense + dense.T)).min().item() >= -1e-10
 
 
-def test_gauss_newton_products_reuse_the_cached_forward_pass() -> None:
+@pytest.mark.parametrize("layerwise", [True, False], ids=["layerwise", "autograd"])
+def test_gauss_newton_products_reuse_the_cached_forward_pass(layerwise: bool) -> None:
     family = FAMILIES[0]
     module, obs = policy_and_batch(family, {"batch": 4, "obs_dim": 3, "hidden": 3, "width": 3, "seed": 1})
     calls = []
-
-    def inputs() -> Tensor:
-        calls.append(1)
-        return obs
+    module.register_forward_pre_hook(lambda *_: calls.append(1))
 
     params = list(module.parameters())
-    operator = GaussNewton.for_module(module, inputs, CategoricalFisher()).build(step_problem(params, params[0].sum()))
+    curvature = GaussNewton.for_module(module, obs, CategoricalFisher(), layerwise=layerwise)
+    operator = curvature.build(step_problem(params, params[0].sum()))
+    forwards_in_build = len(calls)
     with torch.no_grad():
         operator.dense(DTYPE)
-    assert len(calls) == 1
+    assert forwards_in_build <= 1  # the layer-wise path evaluates its own trace, the autograd path the module once
+    assert len(calls) == forwards_in_build  # no product runs the model again
     assert operator.products == operator.dim
+
+
+@pytest.mark.parametrize("layerwise", [True, False], ids=["layerwise", "autograd"])
+def test_with_inputs_is_the_same_operator_on_another_batch(layerwise: bool) -> None:
+    family = FAMILIES[3]  # Gaussian with a state-independent log-std: a tuple output
+    shape = {"batch": 5, "obs_dim": 3, "hidden": 4, "width": 2, "seed": 4}
+    module, obs = policy_and_batch(family, shape)
+    other = torch.randn(7, shape["obs_dim"], generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    params = list(module.parameters())
+    curvature = GaussNewton.for_module(module, obs, family.fisher(), layerwise=layerwise)
+    moved = curvature.with_inputs(other)
+    problem = step_problem(params, sum(p.sum() for p in params))
+    with torch.no_grad():
+        on_other, on_first = moved.build(problem).dense(DTYPE), curvature.build(problem).dense(DTYPE)
+    torch.testing.assert_close(on_other, dense_kl_hessian(module, other, family.kl), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(on_first, dense_kl_hessian(module, obs, family.kl), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(on_first, gauss_newton_dense(module, obs, family.fisher(), layerwise=layerwise))
 
 
 def test_gauss_newton_with_a_pure_output_function() -> None:
@@ -233,14 +251,22 @@ def test_gauss_newton_with_a_pure_output_function() -> None:
 def test_gauss_newton_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError, match="outputs must be callable"):
         GaussNewton(torch.ones(2), CategoricalFisher())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="fisher must be an OutputFisher"):
+    with pytest.raises(TypeError, match=r"fisher must be an? OutputFisher"):
         GaussNewton(lambda *p: p[0], KLHessian())  # type: ignore[arg-type]
+    module = seeded(lambda: MLP(2, 3, 2), seed=0)
+    obs = torch.zeros(1, 2, dtype=DTYPE)
+    with pytest.raises(TypeError, match="inputs must be the batch"):  # the batch itself, no longer a callable
+        GaussNewton.for_module(module, lambda: obs, CategoricalFisher())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="inputs must be the batch"):
+        GaussNewton.for_module(module, obs, CategoricalFisher()).with_inputs([obs])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="for_module"):
+        GaussNewton(lambda *p: p[0], CategoricalFisher()).with_inputs(obs)
 
 
 def test_gauss_newton_for_module_rejects_other_parameters() -> None:
     module = seeded(lambda: MLP(2, 3, 2), seed=0)
     other = nn.Parameter(torch.zeros(3, dtype=DTYPE))
-    curvature = GaussNewton.for_module(module, lambda: torch.zeros(1, 2, dtype=DTYPE), CategoricalFisher())
+    curvature = GaussNewton.for_module(module, torch.zeros(1, 2, dtype=DTYPE), CategoricalFisher())
     with pytest.raises(ValueError, match=r"module\.parameters\(\)"):
         curvature.build(step_problem([other], other.sum()))
     reordered = list(module.parameters())[::-1]

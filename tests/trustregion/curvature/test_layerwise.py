@@ -80,7 +80,7 @@ def build_network(spec: dict) -> tuple[nn.Module, Tensor]:
 
 def dense_operator(module: nn.Module, obs: Tensor, fisher, layerwise: bool) -> Tensor:
     params = list(module.parameters())
-    curvature = GaussNewton.for_module(module, lambda: obs, fisher, layerwise=layerwise)
+    curvature = GaussNewton.for_module(module, obs, fisher, layerwise=layerwise)
     operator = curvature.build(step_problem(params, sum((p**2).sum() for p in params)))
     with torch.no_grad():
         return operator.dense(DTYPE)
@@ -104,7 +104,7 @@ def test_products_leave_their_input_alone_and_repeat_exactly() -> None:
         | {"features_out": True, "seed": 3}
     )
     params = list(module.parameters())
-    operator = GaussNewton.for_module(module, lambda: obs, FeaturesFisher()).build(
+    operator = GaussNewton.for_module(module, obs, FeaturesFisher()).build(
         step_problem(params, sum((p**2).sum() for p in params))
     )
     vector = random_vector(operator.dim, torch.Generator().manual_seed(0))
@@ -141,7 +141,7 @@ def test_wide_networks_match_the_autograd_path(act_dim: int, activation: str) ->
     params = list(module.parameters())
     problem = step_problem(params, sum((p**2).sum() for p in params))
     operators = [
-        GaussNewton.for_module(module, lambda: obs, DiagonalGaussianFisher(), layerwise=fast).build(problem)
+        GaussNewton.for_module(module, obs, DiagonalGaussianFisher(), layerwise=fast).build(problem)
         for fast in (False, True)
     ]
     generator = torch.Generator().manual_seed(act_dim)

@@ -21,8 +21,9 @@ from trustregion import (
     ResidualGaussNewton,
     SquaredError,
     TrustRadius,
-    TrustRegionOptimizer,
+    TrustRegionMinimizer,
 )
+from trustregion.control import DampingState
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -84,7 +85,7 @@ def test_for_module_with_squared_error_is_the_regression_gauss_newton() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(DTYPE)
     params = list(model.parameters())
-    curvature = GaussNewton.for_module(model, lambda: inputs, SquaredError(1 / 9))
+    curvature = GaussNewton.for_module(model, inputs, SquaredError(1 / 9))
     loss = 0.5 * ((model(inputs) - targets) ** 2).mean()
     operator = curvature.build(step_problem(params, loss))
     names = [name for name, _ in model.named_parameters()]
@@ -116,7 +117,7 @@ def test_linear_least_squares_in_one_step() -> None:
     y = torch.randn(20, generator=generator, dtype=DTYPE)
     theta = torch.zeros(5, dtype=DTYPE, requires_grad=True)
     curvature = ResidualGaussNewton(lambda p: design @ p - y)
-    opt = TrustRegionOptimizer([theta], curvature=curvature, line_search=LevenbergMarquardt(1e-12))
+    opt = TrustRegionMinimizer([theta], curvature=curvature, control=LevenbergMarquardt(1e-12))
     opt.solver.tol = 1e-13
     opt.step(curvature.closure([theta]))
     solution = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)
@@ -144,7 +145,7 @@ def scipy_fit(t: torch.Tensor, y: torch.Tensor, start) -> np.ndarray:
 def run_fit(t, y, start, controller, steps: int = 100):
     params = [torch.tensor(v, dtype=DTYPE, requires_grad=True) for v in start]
     curvature = ResidualGaussNewton(exponential_residuals(t, y))
-    opt = TrustRegionOptimizer(params, curvature=curvature, line_search=controller)
+    opt = TrustRegionMinimizer(params, curvature=curvature, control=controller)
     closure = curvature.closure(params)
     losses = []
     for _ in range(steps):
@@ -173,17 +174,19 @@ def test_nonlinear_fit_matches_scipy_levenberg_marquardt(controller, seed: int) 
 def test_damping_adapts_and_survives_state_dict() -> None:
     t, y = decay_data(0)
     params, opt, _ = run_fit(t, y, (1.0, 0.5, 0.0), LevenbergMarquardt(1.0), steps=4)
-    damping = opt.state[params[0]]["damping"]
-    assert damping < 1.0  # good steps shrank μ (ρ > 3/4 divides it by 3)
-    assert opt.last_result.extra["damping"] > 0
+    state = opt.control_state
+    assert isinstance(state, DampingState) and opt.state[params[0]]["control"] == state
+    assert state.damping < 1.0  # good steps shrank μ (ρ > 3/4 divides it by 3)
+    assert opt.last_result.damping > 0
     saved = copy.deepcopy(opt.state_dict())
-    restored = TrustRegionOptimizer(
+    assert saved["state"][0]["control"] == {"damping": state.damping, "growth": state.growth}
+    restored = TrustRegionMinimizer(
         [p.detach().clone().requires_grad_() for p in params],
         curvature=ResidualGaussNewton(exponential_residuals(t, y)),
-        line_search=LevenbergMarquardt(1.0),
+        control=LevenbergMarquardt(1.0),
     )
     restored.load_state_dict(saved)
-    assert restored.state[restored.param_groups[0]["params"][0]]["damping"] == damping
+    assert restored.state[restored.param_groups[0]["params"][0]]["control"] == state == restored.control_state
 
 
 def test_predicted_reduction_uses_the_undamped_model() -> None:
@@ -197,11 +200,11 @@ def test_predicted_reduction_uses_the_undamped_model() -> None:
     damping = 5.0
     step = torch.linalg.solve(matrix + damping * torch.eye(3, dtype=DTYPE), gradient)
     expected = (gradient @ step - 0.5 * step @ matrix @ step).item()
-    opt = TrustRegionOptimizer(params, curvature=curvature, line_search=LevenbergMarquardt(damping))
+    opt = TrustRegionMinimizer(params, curvature=curvature, control=LevenbergMarquardt(damping))
     opt.solver.tol = 1e-14
     opt.step(curvature.closure(params))
     assert opt.last_result.expected_improvement == pytest.approx(expected, rel=1e-9)
-    assert opt.last_result.extra["damping"] == damping
+    assert opt.last_result.damping == damping
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, True])
