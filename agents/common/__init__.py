@@ -1,1 +1,1 @@
-"""Shared pieces of the agents: config, environments, policies, rollouts, logs and checkpoints."""
+"""Shared pieces of the agents: config, environments, the collector, policies, rollouts, logs and checkpoints."""

@@ -1,14 +1,66 @@
-"""Atomic file writes: a crash mid-write never leaves a truncated checkpoint or log."""
+"""Checkpoints: one schema built from the stateful parts, and atomic writes.
+
+An agent names its stateful parts once (:class:`Stateful`: anything with ``state_dict`` /
+``load_state_dict``); :func:`parts_state` saves them all and :func:`load_parts` restores them
+all from that one mapping, refusing a checkpoint whose parts differ. Files are written
+atomically: a crash mid-write never leaves a truncated checkpoint or log.
+"""
 
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+
+class Stateful(Protocol):
+    """A part of a checkpoint: ``torch.nn.Module``, ``torch.optim.Optimizer`` and the agents' own parts."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> Any: ...
+
+
+class GeneratorState:
+    """A ``torch.Generator`` as a checkpoint part (it has ``get_state`` / ``set_state`` instead)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["state"])
+
+
+def parts_state(parts: Mapping[str, Stateful]) -> dict[str, Any]:
+    """``{name: part.state_dict()}`` for every part."""
+    return {name: part.state_dict() for name, part in parts.items()}
+
+
+def load_parts(parts: Mapping[str, Stateful], states: Mapping[str, Any]) -> None:
+    """Restore every part from :func:`parts_state`'s output; a missing or unknown part is a ``ValueError``."""
+    missing, unknown = sorted(set(parts) - set(states)), sorted(set(states) - set(parts))
+    if missing or unknown:
+        raise ValueError(f"checkpoint parts do not match this agent: missing {missing}, unknown {unknown}")
+    for name, part in parts.items():
+        part.load_state_dict(states[name])
+
+
+def check_format(state: Mapping[str, Any], expected: int, source: object = "checkpoint") -> None:
+    """A one-line ``ValueError`` unless ``state["format"]`` is ``expected``."""
+    found = state.get("format") if isinstance(state, Mapping) else None
+    if found != expected:
+        raise ValueError(
+            f"{source} has checkpoint format {found!r}, this version reads format {expected}; "
+            "load it with the version that wrote it, or train a new run"
+        )
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

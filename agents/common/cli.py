@@ -17,21 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from agents.common.checkpoint import atomic_write_text
-from agents.common.config import TRPOConfig, env_defaults
+from agents.common.config import TRPOConfig, default_total_steps, env_defaults
 from agents.common.logs import CSV_NAME, PLOT_NAME, plot_learning_curve
 
 CONFIG_NAME = "config.json"
 EVALUATION_NAME = "evaluation.txt"
-DEFAULT_TOTAL_STEPS = {"CartPole": 100_000, "Pendulum": 100_000}
 _POSITIONAL_FIELDS = {"env", "seed", "num_envs", "env_kwargs"}
 _BOOLEAN_TYPES = {"bool"}
 _SCALAR_TYPES = {"int": int, "float": float, "str": str}
-
-
-def default_total_steps(env: str) -> int:
-    """100k for the classic-control tasks, 1M otherwise (RL-Zoo's budgets)."""
-    base = env.split("/")[-1].split("-v")[0]
-    return DEFAULT_TOTAL_STEPS.get(base, 1_000_000)
 
 
 def build_parser(algorithm: str) -> argparse.ArgumentParser:
@@ -82,57 +75,72 @@ def hyperparameters_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(agent_class: Any, argv: Sequence[str] | None = None) -> int:
     """Entry point: train, resume or evaluate, per the flags."""
-    algorithm = agent_class.algorithm
-    parser = build_parser(algorithm)
+    parser = build_parser(agent_class.algorithm)
     args = parser.parse_args(argv)
     if args.eval is not None:
-        agent = agent_class.load(args.eval)
-        try:
-            result = agent.evaluate(args.eval_episodes)
-        finally:
-            agent.close()
-        print(evaluation_line(agent, result, algorithm))
-        return 0
+        return evaluate_only(agent_class, args)
     if args.resume is not None:
-        given = hyperparameters_from(args)
-        if given:
-            parser.error(f"--resume continues a run with its saved config; drop the flags {sorted(given)}")
-        run_dir = args.resume
-        saved = json.loads((run_dir / CONFIG_NAME).read_text())
-        agent = agent_class.load(run_dir)
-        total_steps = args.total_steps if args.total_steps is not None else saved["total_steps"]
-        if args.total_steps is not None:
-            atomic_write_text(run_dir / CONFIG_NAME, json.dumps({**saved, "total_steps": total_steps}, indent=2))
+        agent, run_dir, total_steps = resume(agent_class, args, parser)
     else:
-        hyperparameters = hyperparameters_from(args)
-        try:
-            agent = agent_class(env=args.env, seed=args.seed, **hyperparameters)
-        except ValueError as error:
-            parser.error(str(error))
-        total_steps = args.total_steps if args.total_steps is not None else default_total_steps(args.env)
-        run_dir = args.run_dir or args.runs_root / run_name(args.env, algorithm, args.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "algorithm": algorithm,
-            "total_steps": total_steps,
-            "env_defaults": env_defaults(args.env),
-            "command_line": hyperparameters,
-            "config": agent.config.to_dict(),
-        }
-        atomic_write_text(run_dir / CONFIG_NAME, json.dumps(record, indent=2, default=list))
+        agent, run_dir, total_steps = start(agent_class, args, parser)
     print(f"run directory: {run_dir}", file=sys.stderr)
     try:
         agent.learn(total_steps, run_dir=run_dir, progress=not args.no_progress)
         result = agent.evaluate()
     finally:
         agent.close()
-    line = evaluation_line(agent, result, algorithm)
+    line = evaluation_line(agent, result, agent_class.algorithm)
     atomic_write_text(run_dir / EVALUATION_NAME, line + "\n")
-    plot_learning_curve(
-        run_dir / CSV_NAME, run_dir / PLOT_NAME, f"{algorithm.upper()} {agent.config.env}", result["mean_return"]
-    )
+    title = f"{agent_class.algorithm.upper()} {agent.config.env}"
+    plot_learning_curve(run_dir / CSV_NAME, run_dir / PLOT_NAME, title, result["mean_return"])
     print(line)
     return 0
+
+
+def evaluate_only(agent_class: Any, args: argparse.Namespace) -> int:
+    """``--eval``: load a run directory or checkpoint and print its evaluation."""
+    agent = agent_class.load(args.eval)
+    try:
+        result = agent.evaluate(args.eval_episodes)
+    finally:
+        agent.close()
+    print(evaluation_line(agent, result, agent_class.algorithm))
+    return 0
+
+
+def resume(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Path, int]:
+    """``--resume``: the saved agent, its run directory and the step budget (the saved one unless given)."""
+    given = hyperparameters_from(args)
+    if given:
+        parser.error(f"--resume continues a run with its saved config; drop the flags {sorted(given)}")
+    run_dir = args.resume
+    saved = json.loads((run_dir / CONFIG_NAME).read_text())
+    agent = agent_class.load(run_dir)
+    total_steps = args.total_steps if args.total_steps is not None else saved["total_steps"]
+    if args.total_steps is not None:
+        atomic_write_text(run_dir / CONFIG_NAME, json.dumps({**saved, "total_steps": total_steps}, indent=2))
+    return agent, run_dir, total_steps
+
+
+def start(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Path, int]:
+    """A new run: the agent, its run directory (``config.json`` written there) and the step budget."""
+    hyperparameters = hyperparameters_from(args)
+    try:
+        agent = agent_class(env=args.env, seed=args.seed, **hyperparameters)
+    except ValueError as error:
+        parser.error(str(error))
+    total_steps = args.total_steps if args.total_steps is not None else default_total_steps(args.env)
+    run_dir = args.run_dir or args.runs_root / run_name(args.env, agent_class.algorithm, args.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "algorithm": agent_class.algorithm,
+        "total_steps": total_steps,
+        "env_defaults": env_defaults(args.env),
+        "command_line": hyperparameters,
+        "config": agent.config.to_dict(),
+    }
+    atomic_write_text(run_dir / CONFIG_NAME, json.dumps(record, indent=2, default=list))
+    return agent, run_dir, total_steps
 
 
 def run_name(env: str, algorithm: str, seed: int) -> str:

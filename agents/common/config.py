@@ -1,4 +1,9 @@
-"""Hyperparameters of the TRPO / NPG agents, their validation and per-environment defaults."""
+"""Hyperparameters of the TRPO / NPG agents, their validation, and the per-environment tables.
+
+The one home of everything keyed by environment: :data:`ENV_DEFAULTS` (hyperparameters),
+:data:`DEFAULT_TOTAL_STEPS` (step budgets) and :func:`env_name`, the one parser of an id.
+The validators at the bottom are the agents' only ones; the agent checks its own arguments with them too.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ CURVATURES = ("gauss-newton", "kl-hessian")
 KL_ESTIMATORS = ("analytic", "sample")
 VECTORIZATION_MODES = ("sync", "async")
 DTYPES = ("float32", "float64")
+ACTIVATIONS = ("tanh", "relu")
 
 
 @dataclass
@@ -73,35 +79,21 @@ class TRPOConfig:
         """Raise ``ValueError`` naming the first bad hyperparameter and its valid range."""
         if not isinstance(self.env, str) or not self.env:
             raise ValueError(f"env must be a registered gymnasium id such as 'CartPole-v1' (got {self.env!r})")
-        _integer("seed", self.seed, 0)
-        _integer("num_envs", self.num_envs, 1)
-        _integer("n_steps", self.n_steps, 1)
-        _integer("backtrack_iters", self.backtrack_iters, 0)
-        _integer("cg_iters", self.cg_iters, 1)
-        _integer("value_epochs", self.value_epochs, 0)
-        _integer("value_minibatch_size", self.value_minibatch_size, 1)
-        _integer("torch_threads", self.torch_threads, 0, "0 leaves torch's setting alone")
-        _integer("checkpoint_interval", self.checkpoint_interval, 1, "iterations between checkpoints")
-        _integer("eval_episodes", self.eval_episodes, 1)
-        _interval("gamma", self.gamma, 0.0, 1.0, "the discount factor, e.g. 0.99")
-        _interval("gae_lambda", self.gae_lambda, 0.0, 1.0, "GAE's λ, e.g. 0.95")
+        for name, (minimum, hint) in _INTEGERS.items():
+            check_integer(name, getattr(self, name), minimum, hint)
+        for name, (low, high, hint) in _INTERVALS.items():
+            check_interval(name, getattr(self, name), low, high, hint)
         for name in ("clip_obs", "clip_reward"):
-            _interval(name, getattr(self, name), 0.0, math.inf, "a bound > 0 such as 10.0; inf disables the clip")
             if getattr(self, name) == 0:
                 raise ValueError(f"{name} must be > 0 (got 0); a bound such as 10.0, or inf to disable the clip")
-        _positive("max_kl", self.max_kl, "the trust-region radius δ; TRPO uses 0.01")
-        _interval("backtrack_ratio", self.backtrack_ratio, 0.0, 1.0, "the shrink factor, e.g. 0.8", open_ends=True)
-        _interval("cg_damping", self.cg_damping, 0.0, math.inf, "Tikhonov damping λ, e.g. 0.1")
-        _interval("fisher_fraction", self.fisher_fraction, 0.0, 1.0, "share of the batch for the Fisher, e.g. 0.2")
         if self.fisher_fraction == 0.0:
             raise ValueError("fisher_fraction must be in (0, 1] (got 0.0); 1.0 uses the whole batch, 0.2 a fifth")
-        _positive("value_lr", self.value_lr, "the critic's Adam learning rate, e.g. 1e-3")
-        _finite("log_std_init", self.log_std_init, "the initial log standard deviation, e.g. 0.0")
-        _choice("vectorization_mode", self.vectorization_mode, VECTORIZATION_MODES)
-        _choice("curvature", self.curvature, CURVATURES)
-        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _choice("dtype", self.dtype, DTYPES)
-        _choice("activation", self.activation, ("tanh", "relu"))
+        check_interval("backtrack_ratio", self.backtrack_ratio, 0.0, 1.0, "the shrink factor, e.g. 0.8", open_ends=True)
+        check_positive("max_kl", self.max_kl, "the trust-region radius δ; TRPO uses 0.01")
+        check_positive("value_lr", self.value_lr, "the critic's Adam learning rate, e.g. 1e-3")
+        check_finite("log_std_init", self.log_std_init, "the initial log standard deviation, e.g. 0.0")
+        for name, choices in _CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
         sizes = self.hidden_sizes
         if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
             raise ValueError(f"hidden_sizes must be a non-empty sequence of positive integers (got {sizes!r})")
@@ -127,6 +119,39 @@ class TRPOConfig:
         check_names(overrides)
         values = {**env_defaults(env), **overrides, "env": env}
         return cls(**values)
+
+
+_INTEGERS: dict[str, tuple[int, str]] = {
+    "seed": (0, ""),
+    "num_envs": (1, ""),
+    "n_steps": (1, ""),
+    "backtrack_iters": (0, ""),
+    "cg_iters": (1, ""),
+    "value_epochs": (0, ""),
+    "value_minibatch_size": (1, ""),
+    "torch_threads": (0, "0 leaves torch's setting alone"),
+    "checkpoint_interval": (1, "iterations between checkpoints"),
+    "eval_episodes": (1, ""),
+}
+"""Integer fields: the smallest valid value and a hint for the error message."""
+
+_INTERVALS: dict[str, tuple[float, float, str]] = {
+    "gamma": (0.0, 1.0, "the discount factor, e.g. 0.99"),
+    "gae_lambda": (0.0, 1.0, "GAE's λ, e.g. 0.95"),
+    "clip_obs": (0.0, math.inf, "a bound > 0 such as 10.0; inf disables the clip"),
+    "clip_reward": (0.0, math.inf, "a bound > 0 such as 10.0; inf disables the clip"),
+    "cg_damping": (0.0, math.inf, "Tikhonov damping λ, e.g. 0.1"),
+    "fisher_fraction": (0.0, 1.0, "share of the batch for the Fisher, e.g. 0.2"),
+}
+"""Number fields in a closed interval, with a hint for the error message."""
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "vectorization_mode": VECTORIZATION_MODES,
+    "curvature": CURVATURES,
+    "kl_estimator": KL_ESTIMATORS,
+    "dtype": DTYPES,
+    "activation": ACTIVATIONS,
+}
 
 
 def check_names(values: dict[str, Any]) -> None:
@@ -188,30 +213,45 @@ docs/agents.md lists and explains every entry.
 """
 
 
+DEFAULT_TOTAL_STEPS: dict[str, int] = {"CartPole": 100_000, "Pendulum": 100_000}
+"""Step budgets of the command line and the benchmarks, keyed like :data:`ENV_DEFAULTS`; 1M otherwise."""
+
+
+def env_name(env: str) -> str:
+    """The key of the per-environment tables: the id without namespace and version (``Hopper`` for ``Hopper-v5``)."""
+    return env.split("/")[-1].split("-v")[0]
+
+
 def env_defaults(env: str) -> dict[str, Any]:
     """The overrides of :data:`ENV_DEFAULTS` that apply to ``env`` (empty for unknown ids)."""
-    base = env.split("/")[-1].split("-v")[0]
-    return dict(ENV_DEFAULTS.get(base, {}))
+    return dict(ENV_DEFAULTS.get(env_name(env), {}))
 
 
-def _integer(name: str, value: Any, minimum: int, hint: str = "") -> None:
+def default_total_steps(env: str) -> int:
+    """100k for the classic-control tasks, 1M otherwise (RL-Zoo's budgets)."""
+    return DEFAULT_TOTAL_STEPS.get(env_name(env), 1_000_000)
+
+
+def check_integer(name: str, value: Any, minimum: int, hint: str = "") -> int:
+    """``value`` if it is an integer (not a bool) ``>= minimum``, else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         suffix = f"; {hint}" if hint else ""
         raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r}){suffix}")
+    return value
 
 
-def _finite(name: str, value: Any, hint: str) -> None:
+def check_finite(name: str, value: Any, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number (got {value!r}); {hint}")
 
 
-def _positive(name: str, value: Any, hint: str) -> None:
-    _finite(name, value, hint)
+def check_positive(name: str, value: Any, hint: str) -> None:
+    check_finite(name, value, hint)
     if value <= 0:
         raise ValueError(f"{name} must be > 0 (got {value!r}); {hint}")
 
 
-def _interval(name: str, value: Any, low: float, high: float, hint: str, *, open_ends: bool = False) -> None:
+def check_interval(name: str, value: Any, low: float, high: float, hint: str, *, open_ends: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number in [{low}, {high}] (got {value!r}); {hint}")
     inside = low < value < high if open_ends else low <= value <= high
@@ -220,6 +260,6 @@ def _interval(name: str, value: Any, low: float, high: float, hint: str, *, open
         raise ValueError(f"{name} must be in {bounds} (got {value!r}); {hint}")
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)} (got {value!r})")

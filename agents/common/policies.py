@@ -12,6 +12,7 @@ import abc
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -387,6 +388,52 @@ def _categorical_kl(old_logits: Tensor, new_logits: Tensor) -> Tensor:
     old_log_probs = torch.log_softmax(old_logits, -1)
     new_log_probs = torch.log_softmax(new_logits, -1)
     return (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum(-1)
+
+
+@dataclass(frozen=True)
+class OldPolicy:
+    """``π_old`` on a batch: the states, the actions taken, and the distribution and log-probabilities there.
+
+    Computed once per policy step, without gradients, and **copied** (a Gaussian's ``log_std`` is the
+    parameter itself, which the step moves in place): the KL compares the current parameters with
+    this frozen snapshot, so it is exactly 0 at ``θ_old`` while its Hessian there is the Fisher.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    params: DistributionParams
+    log_prob: Tensor
+
+    @classmethod
+    def of(cls, actor: Actor, obs: Tensor, actions: Tensor) -> OldPolicy:
+        with torch.no_grad():
+            params = _frozen(actor(obs))
+            return cls(obs, actions, params, actor.log_prob(params, actions))
+
+    def subset(self, index: Tensor) -> OldPolicy:
+        """The same snapshot on the states ``index`` (a state-independent ``log_std`` is kept whole)."""
+        params = (self.params[0][index], self.params[1]) if isinstance(self.params, tuple) else self.params[index]
+        return OldPolicy(self.obs[index], self.actions[index], params, self.log_prob[index])
+
+
+def _frozen(params: DistributionParams) -> DistributionParams:
+    if isinstance(params, tuple):
+        return tuple(t.detach().clone() for t in params)
+    return params.detach().clone()
+
+
+def mean_kl(actor: Actor, old: OldPolicy, params: DistributionParams, log_prob: Tensor, estimator: str) -> Tensor:
+    """``D̄_KL(π_old, π_θ)`` on ``old``'s states: the one KL estimator of the agents (docs/math.md, "Mean KL").
+
+    ``params`` and ``log_prob`` are ``π_θ``'s distribution and log-probabilities of ``old.actions``
+    there. ``estimator="analytic"`` averages the closed-form KL per state; ``"sample"`` averages
+    ``(r - 1) - log r`` with ``r = π_θ(a|s) / π_old(a|s)`` over the actions taken, ``a ~ π_old``:
+    unbiased (``E[r] = 1``), never negative, and exactly 0 at ``θ_old``.
+    """
+    if estimator == "sample":
+        log_ratio = log_prob - old.log_prob
+        return (torch.expm1(log_ratio) - log_ratio).mean()
+    return actor.kl(old.params, params).mean()
 
 
 def observation_dim(space: gym.Space) -> int:

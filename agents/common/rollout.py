@@ -8,30 +8,53 @@ update.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 
-class RolloutBuffer:
-    """Preallocated arrays for one rollout of ``n_steps`` vector steps.
+@dataclass
+class Rollout:
+    """One rollout of ``n_steps`` vector steps, as :meth:`~agents.common.collector.Collector.collect` returns it.
 
     ``valid[t, i]`` is false for the transition gymnasium spends on next-step autoreset (the step
     after an episode ended: its action is ignored and its reward is 0); such transitions get
-    zero advantage and are left out of both updates.
+    zero advantage and are left out of both updates. ``last_values`` is ``V`` of the
+    observation after the last step, for GAE's bootstrap.
     """
 
-    def __init__(
-        self, n_steps: int, num_envs: int, obs_dim: int, action_shape: tuple[int, ...], action_dtype: np.dtype, dtype
-    ) -> None:
-        self.obs = np.zeros((n_steps, num_envs, obs_dim), dtype=dtype)
-        self.actions = np.zeros((n_steps, num_envs, *action_shape), dtype=action_dtype)
-        self.values = np.zeros((n_steps, num_envs), dtype=np.float64)
-        self.rewards = np.zeros((n_steps, num_envs), dtype=np.float64)
-        self.terminated = np.zeros((n_steps, num_envs), dtype=bool)
-        self.truncated = np.zeros((n_steps, num_envs), dtype=bool)
-        self.valid = np.zeros((n_steps, num_envs), dtype=bool)
+    obs: np.ndarray
+    actions: np.ndarray
+    values: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    valid: np.ndarray
+    last_values: np.ndarray
+
+    @classmethod
+    def empty(
+        cls, n_steps: int, num_envs: int, obs_dim: int, action_shape: tuple[int, ...], action_dtype: Any, dtype: Any
+    ) -> Rollout:
+        """Arrays to fill, time-major: ``[n_steps, num_envs, ...]``."""
+        steps = (n_steps, num_envs)
+        return cls(
+            obs=np.zeros((*steps, obs_dim), dtype=dtype),
+            actions=np.zeros((*steps, *action_shape), dtype=action_dtype),
+            values=np.zeros(steps, dtype=np.float64),
+            rewards=np.zeros(steps, dtype=np.float64),
+            terminated=np.zeros(steps, dtype=bool),
+            truncated=np.zeros(steps, dtype=bool),
+            valid=np.zeros(steps, dtype=bool),
+            last_values=np.zeros(num_envs, dtype=np.float64),
+        )
+
+    @property
+    def size(self) -> int:
+        """Transitions, valid or not: ``n_steps × num_envs``."""
+        return self.valid.size
 
 
 @dataclass
@@ -78,17 +101,17 @@ def compute_gae(
     return advantages, advantages + values
 
 
-def make_batch(buffer: RolloutBuffer, advantages: np.ndarray, returns: np.ndarray, dtype: torch.dtype) -> Batch:
+def make_batch(rollout: Rollout, advantages: np.ndarray, returns: np.ndarray, dtype: torch.dtype) -> Batch:
     """Flatten ``[T, N]`` to ``[T·N]`` and keep the valid transitions."""
-    valid = buffer.valid.reshape(-1)
+    valid = rollout.valid.reshape(-1)
 
     def flat(array: np.ndarray) -> np.ndarray:
         return array.reshape(array.shape[0] * array.shape[1], *array.shape[2:])[valid]
 
     return Batch(
-        obs=torch.from_numpy(flat(buffer.obs)),
-        actions=torch.from_numpy(flat(buffer.actions)),
+        obs=torch.from_numpy(flat(rollout.obs)),
+        actions=torch.from_numpy(flat(rollout.actions)),
         advantages=torch.from_numpy(flat(advantages)).to(dtype),
         returns=torch.from_numpy(flat(returns)).to(dtype),
-        values=torch.from_numpy(flat(buffer.values)).to(dtype),
+        values=torch.from_numpy(flat(rollout.values)).to(dtype),
     )

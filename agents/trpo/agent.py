@@ -1,20 +1,22 @@
 """TRPO: the agent class, with the training loop readable top to bottom.
 
-One iteration (docs/agents.md walks through it against docs/math.md):
+One iteration (docs/agents.md walks through it against docs/math.md), data passed along by value:
 
-1. ``collect_rollout``: ``n_steps`` vector steps with the current policy.
-2. ``compute_gae``: advantages and value targets (docs/math.md, "GAE").
-3. ``update_policy``: one :class:`trustregion.TrustRegionOptimizer` step on the surrogate
-   objective under the mean-KL constraint.
-4. ``update_value``: Adam epochs on the critic, separate from the trust-region step.
+1. ``collector.collect(actor, networks) -> Rollout``: ``n_steps`` vector steps with the current policy.
+2. ``compute_gae`` and ``make_batch`` -> :class:`~agents.common.rollout.Batch`: advantages, value
+   targets, the valid transitions flattened (docs/math.md, "GAE").
+3. ``update_policy(batch)``: one :class:`trustregion.TrustRegionOptimizer` step on the surrogate
+   objective under the mean-KL constraint, its curvature built here on the Fisher batch.
+4. ``update_value(batch)``: Adam epochs on the critic, separate from the trust-region step.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
-from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,26 +25,61 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.common.checkpoint import load_checkpoint, save_checkpoint
-from agents.common.config import TRPOConfig
-from agents.common.envs import make_env_stack, make_eval_envs
+from agents.common.checkpoint import (
+    GeneratorState,
+    Stateful,
+    check_format,
+    load_checkpoint,
+    load_parts,
+    parts_state,
+    save_checkpoint,
+)
+from agents.common.collector import Collector
+from agents.common.config import TRPOConfig, check_integer
+from agents.common.envs import EnvStack, make_env_stack, make_eval_envs
 from agents.common.logs import CSV_NAME, PLOT_NAME, RunLogger, plot_learning_curve
-from agents.common.policies import Critic, GaussianActor, RolloutNetworks, make_actor, observation_dim
-from agents.common.rollout import Batch, RolloutBuffer, compute_gae, make_batch
+from agents.common.policies import (
+    Actor,
+    Critic,
+    GaussianActor,
+    OldPolicy,
+    RolloutNetworks,
+    make_actor,
+    mean_kl,
+    observation_dim,
+)
+from agents.common.rollout import Batch, compute_gae, make_batch
 from trustregion import (
     BacktrackingLineSearch,
     ConjugateGradient,
+    Curvature,
     Damped,
     GaussNewton,
     KLHessian,
+    KLStepResult,
     NoLineSearch,
-    StepResult,
     TrustRegionOptimizer,
 )
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2  # 2: episode statistics inside each sub-environment's snapshot
+CHECKPOINT_FORMAT = 3  # 3: one entry per stateful part (agent.checkpoint_parts()), under "parts"
 EVAL_SEED_OFFSET = 10_000
+
+
+@dataclass
+class Progress:
+    """Where training stands: iterations and environment steps done, and each iteration's metrics."""
+
+    iteration: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, copy.deepcopy(state[f.name]))
 
 
 class TRPO:
@@ -53,8 +90,10 @@ class TRPO:
     >>> agent.evaluate(10)["mean_return"]                # doctest: +SKIP
 
     Args:
-        env: a registered gymnasium id.
-        seed: seeds the networks, the action sampling and the environments.
+        env: a registered gymnasium id (default ``"CartPole-v1"``).
+        seed: seeds the networks, the action sampling and the environments (default 0).
+        config: a complete :class:`~agents.common.config.TRPOConfig`, taken as it is (no
+            per-environment defaults); then ``env``, ``seed`` and hyperparameters are not given.
         **hyperparameters: any field of :class:`~agents.common.config.TRPOConfig`; unspecified
             ones take the per-environment defaults (:data:`~agents.common.config.ENV_DEFAULTS`).
 
@@ -64,26 +103,19 @@ class TRPO:
     algorithm: ClassVar[str] = "trpo"
     overrides: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, env: str = "CartPole-v1", seed: int = 0, **hyperparameters: Any) -> None:
-        config = TRPOConfig.for_env(env, seed=seed, **{**self.overrides, **hyperparameters})
-        self._build(config)
-        self._reset_envs()
-
-    @classmethod
-    def from_config(cls, config: TRPOConfig) -> TRPO:
-        """An agent for an explicit config (no per-environment defaults applied)."""
-        agent = cls.__new__(cls)
-        agent._build(config)
-        agent._reset_envs()
-        return agent
-
-    # ------------------------------------------------------------------ construction
-    def _build(self, config: TRPOConfig) -> None:
-        self.config = config
+    def __init__(
+        self,
+        env: str | None = None,
+        seed: int | None = None,
+        *,
+        config: TRPOConfig | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        self.config = config = self._resolve_config(env, seed, config, hyperparameters)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.dtype = getattr(torch, config.dtype)
-        self.env_stack = make_env_stack(
+        env_stack = make_env_stack(
             config.env,
             config.num_envs,
             vectorization_mode=config.vectorization_mode,
@@ -94,51 +126,67 @@ class TRPO:
             clip_obs=config.clip_obs,
             clip_reward=config.clip_reward,
         )
-        envs = self.env_stack.envs
         try:
-            self.obs_shape = envs.single_observation_space.shape
-            self.obs_dim = observation_dim(envs.single_observation_space)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed)
-                self.actor = make_actor(
-                    self.obs_dim, envs.single_action_space, config.hidden_sizes, config.activation, config.log_std_init
-                ).to(self.dtype)
-                self.critic = Critic(self.obs_dim, config.hidden_sizes, config.activation).to(self.dtype)
+            self._build_networks(env_stack)
         except ValueError:
-            self.env_stack.close()
+            env_stack.close()
             raise
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        self.collector = self._make_collector(env_stack)
+        self.generator = torch.Generator().manual_seed(config.seed)  # minibatch shuffles, Fisher subsamples
         self.predict_generator = torch.Generator().manual_seed(config.seed + 1)
         self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
-        self.fisher_obs: Tensor | None = None
         self.policy_optimizer = self._make_policy_optimizer()
-        continuous = isinstance(self.actor, GaussianActor)
-        action_shape = (self.actor.log_std.numel(),) if continuous else _action_shape(envs.single_action_space)
+        self.progress = Progress()
+
+    @classmethod
+    def _resolve_config(
+        cls, env: str | None, seed: int | None, config: TRPOConfig | None, hyperparameters: dict[str, Any]
+    ) -> TRPOConfig:
+        """The run's config: the per-environment defaults with the hyperparameters on top, or ``config`` alone."""
+        if config is None:
+            env = "CartPole-v1" if env is None else env
+            seed = 0 if seed is None else seed
+            return TRPOConfig.for_env(env, seed=seed, **{**cls.overrides, **hyperparameters})
+        if not isinstance(config, TRPOConfig):
+            raise TypeError(f"config must be a TRPOConfig (got {type(config).__name__})")
+        given = [name for name, value in (("env", env), ("seed", seed)) if value is not None] + sorted(hyperparameters)
+        if given:
+            raise ValueError(f"config= holds the whole run; drop {given} or set them in the config")
+        return TRPOConfig.from_dict(config.to_dict())  # a validated copy, not shared with the caller
+
+    @classmethod
+    def from_config(cls, config: TRPOConfig) -> TRPO:
+        """An agent for an explicit config (no per-environment defaults applied): ``cls(config=config)``."""
+        return cls(config=config)
+
+    # ------------------------------------------------------------------ construction
+    def _build_networks(self, env_stack: EnvStack) -> None:
+        config, envs = self.config, env_stack.envs
+        self.obs_shape = envs.single_observation_space.shape
+        self.obs_dim = observation_dim(envs.single_observation_space)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.actor: Actor = make_actor(
+                self.obs_dim, envs.single_action_space, config.hidden_sizes, config.activation, config.log_std_init
+            ).to(self.dtype)
+            self.critic = Critic(self.obs_dim, config.hidden_sizes, config.activation).to(self.dtype)
+
+    def _make_collector(self, env_stack: EnvStack) -> Collector:
         numpy_dtype = np.float32 if self.dtype == torch.float32 else np.float64
-        self.buffer = RolloutBuffer(
-            config.n_steps,
-            config.num_envs,
-            self.obs_dim,
-            action_shape,
-            numpy_dtype if continuous else np.int64,
-            numpy_dtype,
-        )
-        self.global_step = 0
-        self.iteration = 0
-        self.episodes = 0
-        self.recent_returns: deque[float] = deque(maxlen=100)
-        self.recent_lengths: deque[int] = deque(maxlen=100)
-        self.history: list[dict[str, Any]] = []
-        self.prev_done = np.zeros(config.num_envs, dtype=bool)
-        self.obs: np.ndarray
+        if isinstance(self.actor, GaussianActor):
+            action_shape, action_dtype = (self.actor.log_std.numel(),), numpy_dtype
+        else:
+            action_shape, action_dtype = _action_shape(env_stack.envs.single_action_space), np.int64
+        config = self.config
+        return Collector(env_stack, config.n_steps, self.obs_dim, action_shape, action_dtype, numpy_dtype, config.seed)
 
     def _make_policy_optimizer(self) -> TrustRegionOptimizer:
+        """The trust-region optimizer of the actor; :meth:`update_policy` gives each step its curvature."""
         config = self.config
-        if config.curvature == "gauss-newton":
-            fisher = GaussNewton.for_module(self.actor, lambda: self.fisher_obs, self.actor.output_fisher())
-        else:
-            fisher = KLHessian()
+        self.gauss_newton: GaussNewton | None = None
+        if config.curvature == "gauss-newton":  # traced once here; each step gives it its batch (with_inputs)
+            no_batch_yet = torch.zeros(0, self.obs_dim, dtype=self.dtype)
+            self.gauss_newton = GaussNewton.for_module(self.actor, no_batch_yet, self.actor.output_fisher())
         if config.line_search:
             line_search = BacktrackingLineSearch(config.backtrack_iters, config.backtrack_ratio)
         else:
@@ -146,15 +194,29 @@ class TRPO:
         return TrustRegionOptimizer(
             self.actor.parameters(),
             max_kl=config.max_kl,
-            curvature=Damped(fisher, config.cg_damping),
+            curvature=Damped(KLHessian(), config.cg_damping),  # used only by a step() given no curvature
             solver=ConjugateGradient(max_iter=config.cg_iters),
             line_search=line_search,
         )
 
-    def _reset_envs(self) -> None:
-        obs, _ = self.env_stack.envs.reset(seed=self.config.seed)
-        self.obs = obs.reshape(self.config.num_envs, -1)
-        self.prev_done[:] = False
+    @property
+    def env_stack(self) -> EnvStack:
+        """The training vector environment and its normalisation wrappers (owned by the collector)."""
+        return self.collector.env_stack
+
+    @property
+    def global_step(self) -> int:
+        """Environment steps taken so far, over all sub-environments."""
+        return self.progress.global_step
+
+    @property
+    def iteration(self) -> int:
+        return self.progress.iteration
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The metrics of every iteration so far, as logged."""
+        return self.progress.history
 
     # ------------------------------------------------------------------ training loop
     def learn(self, total_steps: int, *, run_dir: str | Path | None = None, progress: bool = False) -> TRPO:
@@ -164,8 +226,7 @@ class TRPO:
         atomic checkpoints (every ``checkpoint_interval`` iterations) and the learning curve are
         written there; a loaded agent continuing with the same ``run_dir`` resumes its logs.
         """
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
-            raise ValueError(f"total_steps must be an integer >= 0 (got {total_steps!r})")
+        check_integer("total_steps", total_steps, 0)
         run_path = Path(run_dir) if run_dir is not None else None
         logger = RunLogger(run_path, total_steps=total_steps, start_step=self.global_step, progress=progress)
         try:
@@ -191,7 +252,8 @@ class TRPO:
         policy_done = time.perf_counter()
         value_loss = self.update_value(batch)
         value_done = time.perf_counter()
-        self.iteration += 1
+        self.progress.global_step += self.config.batch_size
+        self.progress.iteration += 1
         metrics = self._metrics(batch, step, value_loss)
         metrics.update(
             steps_per_second=self.config.batch_size / (value_done - start),
@@ -199,109 +261,75 @@ class TRPO:
             policy_seconds=policy_done - rollout_done,
             value_seconds=value_done - policy_done,
         )
-        self.history.append(metrics)
+        self.progress.history.append(metrics)
         return metrics
 
     def rollout_batch(self) -> Batch:
         """Collect one rollout and turn it into a training batch with GAE advantages and returns."""
-        self.collect_rollout()
-        buffer, config = self.buffer, self.config
+        rollout = self.collector.collect(self.actor, self.rollout_networks())
+        config = self.config
         advantages, returns = compute_gae(
-            buffer.rewards,
-            buffer.values,
-            buffer.terminated,
-            buffer.truncated,
-            buffer.valid,
-            self.last_values,
+            rollout.rewards,
+            rollout.values,
+            rollout.terminated,
+            rollout.truncated,
+            rollout.valid,
+            rollout.last_values,
             config.gamma,
             config.gae_lambda,
         )
-        return make_batch(buffer, advantages, returns, self.dtype)
+        return make_batch(rollout, advantages, returns, self.dtype)
 
-    def collect_rollout(self) -> None:
-        """Fill the buffer with ``n_steps`` vector steps; ``prev_done`` marks autoreset transitions invalid.
-
-        Actions are drawn by a numpy copy of the networks (:meth:`rollout_networks`, rebuilt here
-        from the current parameters) from noise drawn with ``self.rng`` for the whole rollout at
-        once; the buffer keeps the unclipped sample.
-        """
-        buffer, envs, actor, config = self.buffer, self.env_stack.envs, self.actor, self.config
-        networks = self.rollout_networks()
-        sample_actions = actor.rollout_head()
-        noise_shape = (config.n_steps, config.num_envs, actor.net.layers[-1].out_features)
-        noise = actor.rollout_noise(self.rng, noise_shape, buffer.obs.dtype)
-        for t in range(config.n_steps):
-            obs = buffer.obs[t]
-            obs[:] = self.obs.reshape(obs.shape)
-            actor_outputs, buffer.values[t] = networks(obs)
-            actions = sample_actions(actor_outputs, noise[t])
-            buffer.actions[t] = actions
-            self.obs, buffer.rewards[t], buffer.terminated[t], buffer.truncated[t], info = envs.step(
-                actor.to_env(actions)
-            )
-            if "_episode" in info:
-                self._record_episodes(info)
-        done = buffer.terminated | buffer.truncated
-        buffer.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
-        buffer.valid[1:] = ~done[:-1]
-        self.prev_done = done[-1].copy()
-        self.obs = self.obs.reshape(config.num_envs, -1)
-        self.global_step += config.num_envs * config.n_steps
-        self.last_values = networks(self._as_policy_dtype(self.obs))[1].astype(np.float64)
-
-    def rollout_networks(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def rollout_networks(self) -> RolloutNetworks:
         """The numpy copy of actor and critic used by rollouts: ``obs -> (actor outputs, values)``."""
         return RolloutNetworks(self.actor.net, self.critic.net)
 
-    def _record_episodes(self, info: dict[str, Any]) -> None:
-        for index in np.flatnonzero(info["_episode"]):
-            self.recent_returns.append(float(info["episode"]["r"][index]))
-            self.recent_lengths.append(int(info["episode"]["l"][index]))
-            self.episodes += 1
-
-    def update_policy(self, batch: Batch) -> StepResult:
+    def update_policy(self, batch: Batch) -> KLStepResult:
         """One trust-region step on ``L(θ) = -mean(π_θ(a|s) / π_old(a|s) · Â)`` under ``mean KL <= δ``.
 
-        docs/math.md, "Surrogate objective" and "Mean KL". The old distribution is computed
-        once, without gradients, and frozen: the KL closure compares against it, so it is exactly
-        0 at ``θ_old`` while its Hessian there (the Fisher) is not.
+        docs/math.md, "Surrogate objective" and "Mean KL". ``old`` is ``π_old`` on the batch,
+        frozen; the closure is the surrogate and the mean KL on the whole batch, and the curvature
+        is built on the Fisher batch (the whole batch, or a ``fisher_fraction`` subsample of it).
         """
-        config, actor = self.config, self.actor
-        obs, actions = batch.obs, batch.actions
+        actor, estimator = self.actor, self.config.kl_estimator
         advantages = batch.advantages
-        if config.normalize_advantage and len(advantages) > 1:
+        if self.config.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        with torch.no_grad():
-            old_params = _frozen(actor(obs))  # a copy: a Gaussian's log_std is the parameter itself
-            old_log_prob = actor.log_prob(old_params, actions)
-        subsample = self._fisher_subsample(len(obs))
-        self.fisher_obs = obs if subsample is None else obs[subsample]
-
-        def mean_kl(params: Any, log_prob: Tensor) -> Tensor:
-            if config.kl_estimator == "sample":
-                return (old_log_prob - log_prob).mean()
-            return actor.kl(old_params, params).mean()
+        old = OldPolicy.of(actor, batch.obs, batch.actions)
+        subsample = self._fisher_subsample(len(batch.obs))
+        fisher_batch = old if subsample is None else old.subset(subsample)
 
         def closure() -> tuple[Tensor, Tensor]:
-            params = actor(obs)
-            log_prob = actor.log_prob(params, actions)
-            surrogate = -(torch.exp(log_prob - old_log_prob) * advantages).mean()
-            if subsample is not None and config.curvature == "kl-hessian" and torch.is_grad_enabled():
-                # first call: the KL whose Hessian is the curvature, on the Fisher subsample
-                sub_params = actor(obs[subsample])
-                sub_old = _select(old_params, subsample)
-                if config.kl_estimator == "sample":
-                    sub_kl = (old_log_prob[subsample] - actor.log_prob(sub_params, actions[subsample])).mean()
-                else:
-                    sub_kl = actor.kl(sub_old, sub_params).mean()
-                return surrogate, sub_kl
-            return surrogate, mean_kl(params, log_prob)
+            params = actor(old.obs)
+            log_prob = actor.log_prob(params, old.actions)
+            surrogate = -(torch.exp(log_prob - old.log_prob) * advantages).mean()
+            return surrogate, mean_kl(actor, old, params, log_prob, estimator)
 
-        self.policy_optimizer.step(closure)
-        self.fisher_obs = None
+        self.policy_optimizer.step(closure, curvature=self.policy_curvature(fisher_batch, old))
         result = self.policy_optimizer.last_result
-        assert result is not None
+        assert isinstance(result, KLStepResult)
         return result
+
+    def policy_curvature(self, fisher_batch: OldPolicy, old: OldPolicy) -> Curvature:
+        """``A = F + λI`` on the Fisher batch (``λ`` = ``cg_damping``).
+
+        ``F`` is Gauss-Newton ``Jᵀ M J`` on the Fisher batch's states, or the Hessian of the mean KL
+        on it: the closure's own KL when the Fisher batch is the whole batch ``old``, else the same
+        estimator on the subsample.
+        """
+        actor, estimator = self.actor, self.config.kl_estimator
+        if self.gauss_newton is not None:
+            fisher: Curvature = self.gauss_newton.with_inputs(fisher_batch.obs)
+        elif fisher_batch is old:
+            fisher = KLHessian()
+        else:
+
+            def fisher_batch_kl() -> Tensor:
+                params = actor(fisher_batch.obs)
+                return mean_kl(actor, fisher_batch, params, actor.log_prob(params, fisher_batch.actions), estimator)
+
+            fisher = KLHessian(constraint=fisher_batch_kl)
+        return Damped(fisher, self.config.cg_damping)
 
     def _fisher_subsample(self, size: int) -> Tensor | None:
         fraction = self.config.fisher_fraction
@@ -314,7 +342,7 @@ class TRPO:
         """``value_epochs`` epochs of Adam minibatches on ``(V(s) - R̂)²``; returns the last epoch's mean loss."""
         size = len(batch.obs)
         minibatch = self.config.value_minibatch_size
-        losses: list[float] = []
+        losses: list[Tensor] = []
         for _ in range(self.config.value_epochs):
             order = torch.randperm(size, generator=self.generator)
             obs, returns = batch.obs[order], batch.returns[order]  # one gather per epoch; minibatches are views
@@ -329,7 +357,7 @@ class TRPO:
             losses = epoch_losses
         return torch.stack(losses).mean().item() if losses else math.nan
 
-    def _metrics(self, batch: Batch, step: StepResult, value_loss: float) -> dict[str, Any]:
+    def _metrics(self, batch: Batch, step: KLStepResult, value_loss: float) -> dict[str, Any]:
         with torch.no_grad():
             params = self.actor(batch.obs)
             entropy = self.actor.entropy(params).mean().item()
@@ -340,9 +368,7 @@ class TRPO:
         return {
             "iteration": self.iteration,
             "global_step": self.global_step,
-            "episodes": self.episodes,
-            "mean_return": float(np.mean(self.recent_returns)) if self.recent_returns else math.nan,
-            "mean_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else math.nan,
+            **self.collector.episode_statistics(),
             "policy_loss": step.loss_before,
             "policy_improvement": step.actual_improvement if step.accepted else 0.0,
             "kl": step.kl_after if step.accepted and step.kl_after is not None else 0.0,
@@ -387,8 +413,7 @@ class TRPO:
     def evaluate(self, n_episodes: int | None = None, deterministic: bool = True) -> dict[str, Any]:
         """Run ``n_episodes`` episodes (one per sub-environment, fixed seeds) and report raw returns."""
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
-        if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
-            raise ValueError(f"n_episodes must be an integer >= 1 (got {n_episodes!r})")
+        check_integer("n_episodes", n_episodes, 1)
         envs = make_eval_envs(self.config.env, n_episodes, self.config.env_kwargs)
         try:
             obs, _ = envs.reset(seed=self.config.seed + EVAL_SEED_OFFSET)
@@ -411,30 +436,33 @@ class TRPO:
         }
 
     # ------------------------------------------------------------------ persistence
+    def checkpoint_parts(self) -> dict[str, Stateful]:
+        """Every stateful part of the agent, by name: the one schema of both :meth:`state_dict` and :meth:`load`."""
+        return {
+            "actor": self.actor,
+            "critic": self.critic,
+            "value_optimizer": self.value_optimizer,
+            "policy_optimizer": self.policy_optimizer,
+            "collector": self.collector,  # environments, carry-over, episode statistics, action noise
+            "generator": GeneratorState(self.generator),
+            "predict_generator": GeneratorState(self.predict_generator),
+            "progress": self.progress,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything a bit-identical continuation needs."""
+        """Everything a bit-identical continuation needs: the config and each part's ``state_dict``."""
         return {
             "format": CHECKPOINT_FORMAT,
             "algorithm": self.algorithm,
             "config": self.config.to_dict(),
             "torch_version": torch.__version__,
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "policy_optimizer": self.policy_optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "rng": self.rng.bit_generator.state,
-            "predict_generator": self.predict_generator.get_state(),
-            "global_step": self.global_step,
-            "iteration": self.iteration,
-            "episodes": self.episodes,
-            "recent_returns": list(self.recent_returns),
-            "recent_lengths": list(self.recent_lengths),
-            "history": list(self.history),
-            "obs": self.obs.copy(),
-            "prev_done": self.prev_done.copy(),
-            "env": self.env_stack.state(),
+            "parts": parts_state(self.checkpoint_parts()),
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every part from :meth:`state_dict` (of an agent built with the same config)."""
+        check_format(state, CHECKPOINT_FORMAT)
+        load_parts(self.checkpoint_parts(), state["parts"])
 
     def save(self, path: str | Path) -> None:
         """Write a checkpoint atomically (temporary file in the same directory, fsync, ``os.replace``)."""
@@ -450,49 +478,21 @@ class TRPO:
         if path.is_dir():
             path = path / CHECKPOINT_NAME
         state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a checkpoint of this format (format {state.get('format')!r})")
-        agent = cls.__new__(cls)
+        check_format(state, CHECKPOINT_FORMAT, path)
+        agent = cls(config=TRPOConfig.from_dict(state["config"]))
         agent.algorithm = state["algorithm"]  # an NPG run loaded through TRPO.load keeps its name
-        agent._build(TRPOConfig.from_dict(state["config"]))
-        agent._reset_envs()
-        agent.actor.load_state_dict(state["actor"])
-        agent.critic.load_state_dict(state["critic"])
-        agent.value_optimizer.load_state_dict(state["value_optimizer"])
-        agent.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        agent.generator.set_state(state["generator"])
-        agent.rng.bit_generator.state = state["rng"]
-        agent.predict_generator.set_state(state["predict_generator"])
-        agent.global_step = state["global_step"]
-        agent.iteration = state["iteration"]
-        agent.episodes = state["episodes"]
-        agent.recent_returns.extend(state["recent_returns"])
-        agent.recent_lengths.extend(state["recent_lengths"])
-        agent.history = list(state["history"])
-        agent.env_stack.load_state(state["env"])
-        agent.obs = state["obs"].copy()
-        agent.prev_done = state["prev_done"].copy()
+        try:
+            agent.load_state_dict(state)
+        except BaseException:
+            agent.close()
+            raise
         return agent
 
     def close(self) -> None:
         """Close the vector environment (needed for ``async`` mode's worker processes)."""
-        self.env_stack.close()
+        self.collector.close()
 
 
 def _action_shape(space: Any) -> tuple[int, ...]:
     shape = tuple(space.shape) if space.shape is not None else ()
     return (int(np.prod(shape)),) if len(shape) > 1 else shape
-
-
-def _frozen(params: Any) -> Any:
-    """Detached copies of distribution parameters, so that later in-place steps cannot move them."""
-    if isinstance(params, tuple):
-        return tuple(t.detach().clone() for t in params)
-    return params.detach().clone()
-
-
-def _select(params: Any, index: Tensor) -> Any:
-    if isinstance(params, tuple):
-        mean, log_std = params
-        return mean[index], log_std
-    return params[index]

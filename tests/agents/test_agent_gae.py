@@ -98,24 +98,22 @@ def reference_advantages(obs, rewards, terminated, truncated, valid, last_value)
 def test_rollout_on_scripted_chain_masks_autoreset_and_bootstraps_truncation():
     # Episodes alternate: terminate after 2 steps, then run into the 4-step time limit (truncated).
     agent = TRPO("tests/ScriptedChain-v0", seed=0, num_envs=1, n_steps=12, gamma=GAMMA, gae_lambda=LAM)
-    agent.rollout_networks = ScriptedCritic
-    agent.collect_rollout()
-    buffer = agent.buffer
-    obs = buffer.obs[:, 0]
-    np.testing.assert_array_equal(buffer.valid[:, 0], [1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1])
-    np.testing.assert_array_equal(buffer.rewards[:, 0], [1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 0, 1])
-    np.testing.assert_array_equal(np.flatnonzero(buffer.terminated[:, 0]), [1, 9])
-    np.testing.assert_array_equal(np.flatnonzero(buffer.truncated[:, 0]), [6])
+    rollout = agent.collector.collect(agent.actor, ScriptedCritic())
+    obs = rollout.obs[:, 0]
+    np.testing.assert_array_equal(rollout.valid[:, 0], [1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(rollout.rewards[:, 0], [1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(np.flatnonzero(rollout.terminated[:, 0]), [1, 9])
+    np.testing.assert_array_equal(np.flatnonzero(rollout.truncated[:, 0]), [6])
     np.testing.assert_array_equal(obs[7], [4, 1])  # the true final observation of the truncated episode
-    assert list(agent.recent_returns) == [3.0, 10.0, 3.0]
+    assert list(agent.collector.recent_returns) == [3.0, 10.0, 3.0]
 
     advantages, returns = compute_gae(
-        buffer.rewards,
-        buffer.values,
-        buffer.terminated,
-        buffer.truncated,
-        buffer.valid,
-        agent.last_values,
+        rollout.rewards,
+        rollout.values,
+        rollout.terminated,
+        rollout.truncated,
+        rollout.valid,
+        rollout.last_values,
         GAMMA,
         LAM,
     )
@@ -124,16 +122,16 @@ def test_rollout_on_scripted_chain_masks_autoreset_and_bootstraps_truncation():
     assert advantages[9, 0] == pytest.approx(2 - 12.0)
     expected = reference_advantages(
         obs,
-        buffer.rewards[:, 0],
-        buffer.terminated[:, 0],
-        buffer.truncated[:, 0],
-        buffer.valid[:, 0],
-        agent.last_values[0],
+        rollout.rewards[:, 0],
+        rollout.terminated[:, 0],
+        rollout.truncated[:, 0],
+        rollout.valid[:, 0],
+        rollout.last_values[0],
     )
     np.testing.assert_allclose(advantages[:, 0], expected, rtol=1e-6)
 
-    batch = make_batch(buffer, advantages, returns, torch.float32)
-    assert len(batch.obs) == int(buffer.valid.sum()) == 9
+    batch = make_batch(rollout, advantages, returns, torch.float32)
+    assert len(batch.obs) == int(rollout.valid.sum()) == 9
     assert not any(np.array_equal(o, [4, 1]) for o in batch.obs.numpy())  # autoreset transitions left out
     agent.close()
 
@@ -141,13 +139,12 @@ def test_rollout_on_scripted_chain_masks_autoreset_and_bootstraps_truncation():
 def test_rollouts_continue_across_iterations_with_the_autoreset_mask():
     """An episode that ends on a rollout's last step is reset on the next rollout's first (invalid) step."""
     agent = TRPO("tests/ScriptedChain-v0", seed=0, num_envs=1, n_steps=2)
-    agent.rollout_networks = ScriptedCritic
-    agent.collect_rollout()  # t0, t1 (terminated)
-    assert agent.buffer.terminated[1, 0]
-    assert agent.last_values[0] == pytest.approx(20.0)  # V of the final observation [2, 0]
-    agent.collect_rollout()
-    np.testing.assert_array_equal(agent.buffer.valid[:, 0], [False, True])
-    np.testing.assert_array_equal(agent.buffer.obs[1, 0], [0, 1])
+    first = agent.collector.collect(agent.actor, ScriptedCritic())  # t0, t1 (terminated)
+    assert first.terminated[1, 0]
+    assert first.last_values[0] == pytest.approx(20.0)  # V of the final observation [2, 0]
+    second = agent.collector.collect(agent.actor, ScriptedCritic())
+    np.testing.assert_array_equal(second.valid[:, 0], [False, True])
+    np.testing.assert_array_equal(second.obs[1, 0], [0, 1])
     agent.close()
 
 
@@ -162,8 +159,8 @@ def test_logged_returns_are_raw_when_rewards_are_normalised():
         normalize_reward=True,
         clip_reward=0.5,
     )
-    agent.rollout_networks = ScriptedCritic
-    agent.collect_rollout()
-    assert np.abs(agent.buffer.rewards).max() <= 0.5  # the buffer holds scaled, clipped rewards
-    assert sorted(agent.recent_returns) == [3.0, 3.0, 3.0, 3.0, 10.0, 10.0]  # two envs, three episodes each
-    assert agent.episodes == 6
+    rollout = agent.collector.collect(agent.actor, ScriptedCritic())
+    assert np.abs(rollout.rewards).max() <= 0.5  # the rollout holds scaled, clipped rewards
+    assert sorted(agent.collector.recent_returns) == [3.0, 3.0, 3.0, 3.0, 10.0, 10.0]  # two envs, three episodes each
+    assert agent.collector.episodes == 6
+    agent.close()

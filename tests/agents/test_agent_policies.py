@@ -15,8 +15,10 @@ from agents.common.policies import (
     Critic,
     GaussianActor,
     MultiCategoricalActor,
+    OldPolicy,
     RolloutNetworks,
     make_actor,
+    mean_kl,
     observation_dim,
     parameters_shared,
 )
@@ -125,7 +127,7 @@ def test_gauss_newton_fisher_equals_kl_hessian(kind):
     kl = mean_kl()
     problem = StepProblem(params, kl, kl, [torch.zeros_like(p) for p in params], mean_kl)
     kl_hessian = KLHessian().build(problem).dense(torch.float64)
-    gauss_newton = GaussNewton.for_module(actor, lambda: obs, actor.output_fisher()).build(problem)
+    gauss_newton = GaussNewton.for_module(actor, obs, actor.output_fisher()).build(problem)
     torch.testing.assert_close(gauss_newton.dense(torch.float64), kl_hessian, rtol=1e-9, atol=1e-11)
 
 
@@ -212,3 +214,31 @@ def test_unsupported_spaces_are_refused_with_the_fix(space):
     with pytest.raises(ValueError, match=type(space).__name__) as obs_error:
         observation_dim(space)
     assert "FlattenObservation" in str(obs_error.value)
+
+
+@pytest.mark.parametrize("kind", list(SPACES))
+def test_sample_kl_estimator_is_zero_at_old_never_negative_and_unbiased(kind):
+    """``mean_kl(..., "sample")``, the one estimator the closure and the subsample's KLHessian share."""
+    actor, obs = build(kind)
+    obs = obs.repeat(5000, 1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        actions = actor.sample(actor(obs), generator)
+        old = OldPolicy.of(actor, obs, actions)
+
+        def estimates():
+            params = actor(obs)
+            log_prob = actor.log_prob(params, actions)
+            return mean_kl(actor, old, params, log_prob, "sample"), mean_kl(actor, old, params, log_prob, "analytic")
+
+        sample, analytic = estimates()
+        assert sample.item() == 0.0 and analytic.item() == 0.0
+        for p in actor.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        sample, analytic = estimates()
+        for index in range(50):  # each transition's estimate on its own: never negative
+            single = old.subset(torch.tensor([index]))
+            params = actor(single.obs)
+            assert mean_kl(actor, single, params, actor.log_prob(params, single.actions), "sample").item() >= 0.0
+    assert analytic.item() > 0.0
+    assert sample.item() == pytest.approx(analytic.item(), rel=0.1)

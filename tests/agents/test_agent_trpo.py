@@ -4,6 +4,7 @@ Fisher paths, determinism, save/load and bit-identical resume, and argument chec
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from agents import NPG, TRPO
+from agents.common.checkpoint import save_checkpoint
+from trustregion import BacktrackingLineSearch, Damped, KLHessian
 
 SMALL = {"n_steps": 128, "hidden_sizes": (16, 16)}
 
@@ -53,8 +56,7 @@ def test_kl_within_trust_region_after_every_accepted_update(env, options):
     assert len(accepted) >= 4
     for row in accepted:
         assert row["kl"] <= agent.config.max_kl
-        if options.get("kl_estimator") != "sample":  # the sample estimate of a KL can be negative
-            assert row["kl"] > 0.0
+        assert row["kl"] > 0.0  # the sample estimate too: (r - 1) - log r is never negative
         assert row["policy_improvement"] > 0.0
         assert math.isfinite(row["policy_loss"])
     agent.close()
@@ -83,13 +85,13 @@ def test_kl_closure_compares_against_the_frozen_old_distribution():
     seen = []
     original_step = agent.policy_optimizer.step
 
-    def recording_step(closure):
+    def recording_step(closure, curvature=None):
         def recording_closure():
             loss, kl = closure()
             seen.append(kl.item())
             return loss, kl
 
-        return original_step(recording_closure)
+        return original_step(recording_closure, curvature)
 
     agent.policy_optimizer.step = recording_step
     result = agent.update_policy(batch)
@@ -165,11 +167,51 @@ def test_fisher_subsample_feeds_the_curvature():
     agent = TRPO("CartPole-v1", seed=0, fisher_fraction=0.2, **SMALL)
     batch = rollout_batch(agent)
     sizes = []
-    curvature = agent.policy_optimizer.curvature
-    original_build = curvature.build
-    curvature.build = lambda problem: (sizes.append(len(agent.fisher_obs)), original_build(problem))[1]
+    gauss_newton = agent.gauss_newton
+    original_with_inputs = gauss_newton.with_inputs
+    gauss_newton.with_inputs = lambda inputs: (sizes.append(len(inputs)), original_with_inputs(inputs))[1]
     assert agent.update_policy(batch).accepted
     assert sizes == [math.ceil(0.2 * len(batch.obs))]
+    agent.close()
+
+
+@pytest.mark.parametrize("kl_estimator", ["analytic", "sample"])
+def test_fisher_subsample_feeds_the_kl_hessian(kl_estimator):
+    """With curvature="kl-hessian" the step's curvature is the Hessian of the mean KL on the subsample:
+    a constraint function of its own, evaluated on the subsample's states, while the closure sees the batch."""
+    agent = TRPO("Pendulum-v1", seed=0, fisher_fraction=0.2, curvature="kl-hessian", kl_estimator=kl_estimator, **SMALL)
+    batch = rollout_batch(agent)
+    curvatures, sizes = [], []
+    original_step = agent.policy_optimizer.step
+
+    def recording_step(closure, curvature=None):
+        curvatures.append(curvature)
+        return original_step(closure, curvature)
+
+    agent.policy_optimizer.step = recording_step
+    agent.actor.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    assert agent.update_policy(batch).accepted
+    (curvature,) = curvatures
+    assert isinstance(curvature, Damped) and curvature.damping == agent.config.cg_damping
+    assert isinstance(curvature.curvature, KLHessian) and curvature.curvature.constraint is not None
+    subsample = math.ceil(0.2 * len(batch.obs))
+    assert sizes.count(subsample) == 1  # the curvature's KL, built once
+    assert set(sizes) == {len(batch.obs), subsample}  # the old policy and every closure call: the whole batch
+    agent.close()
+
+
+def test_whole_batch_kl_hessian_differentiates_the_closure_kl():
+    agent = TRPO("CartPole-v1", seed=0, fisher_fraction=1.0, curvature="kl-hessian", **SMALL)
+    curvatures = []
+    original_step = agent.policy_optimizer.step
+    agent.policy_optimizer.step = lambda closure, curvature=None: (
+        curvatures.append(curvature),
+        original_step(closure, curvature),
+    )[1]
+    assert agent.update_policy(rollout_batch(agent)).accepted
+    (curvature,) = curvatures
+    assert isinstance(curvature.curvature, KLHessian) and curvature.curvature.constraint is None
+    assert agent.gauss_newton is None
     agent.close()
 
 
@@ -204,7 +246,9 @@ def full_state(agent):
     """What 'bit-identical' compares: every parameter, the critic's Adam state, the normalisation
     statistics, the random generators, the counters and the logged metrics (without timings)."""
     state = agent.state_dict()
-    return {**state, "history": without_timings(state["history"])}
+    progress = state["parts"]["progress"]
+    progress = {**progress, "history": without_timings(progress["history"])}
+    return {**state, "parts": {**state["parts"], "progress": progress}}
 
 
 def assert_states_equal(first, second, path="state"):
@@ -275,8 +319,7 @@ def test_normalised_observations_and_rewards_are_clipped_in_training_and_evaluat
     clip_obs, clip_reward = 0.5, 0.05
     options = {"normalize_obs": True, "normalize_reward": True, "clip_obs": clip_obs, "clip_reward": clip_reward}
     agent = TRPO("Pendulum-v1", seed=0, **options, **SMALL)
-    agent.collect_rollout()
-    buffer = agent.buffer
+    buffer = agent.collector.collect(agent.actor, agent.rollout_networks())
     # the bounds are reached, so the clip is active rather than vacuous
     assert np.abs(buffer.obs).max() == pytest.approx(clip_obs)
     assert np.abs(buffer.rewards).max() == pytest.approx(clip_reward)
@@ -355,16 +398,99 @@ def test_resume_right_after_an_episode_end_replays_the_pending_autoreset(mode, t
     holds a pending next-step autoreset, which the restored environment must perform."""
     options = {"num_envs": 1, "n_steps": 2, "vectorization_mode": mode}
     agent = TRPO("tests/ScriptedChain-v0", seed=0, **options)
-    agent.collect_rollout()
-    assert agent.prev_done[0]
+    agent.collector.collect(agent.actor, agent.rollout_networks())
+    assert agent.collector.prev_done[0]
     agent.save(tmp_path / "checkpoint.pt")
     restored = TRPO.load(tmp_path / "checkpoint.pt")
     for expected_valid in ([False, True], [True, True]):  # the reset step, then episode 1 going on
-        agent.collect_rollout()
-        restored.collect_rollout()
-        np.testing.assert_array_equal(restored.buffer.valid[:, 0], expected_valid)
-        for name in ("obs", "rewards", "terminated", "truncated", "valid", "actions", "values"):
-            np.testing.assert_array_equal(getattr(restored.buffer, name), getattr(agent.buffer, name), err_msg=name)
-    np.testing.assert_array_equal(restored.buffer.obs[:, 0], [[1, 1], [2, 1]])
+        rollout = agent.collector.collect(agent.actor, agent.rollout_networks())
+        restored_rollout = restored.collector.collect(restored.actor, restored.rollout_networks())
+        np.testing.assert_array_equal(restored_rollout.valid[:, 0], expected_valid)
+        for name in ("obs", "rewards", "terminated", "truncated", "valid", "actions", "values", "last_values"):
+            np.testing.assert_array_equal(getattr(restored_rollout, name), getattr(rollout, name), err_msg=name)
+    np.testing.assert_array_equal(restored_rollout.obs[:, 0], [[1, 1], [2, 1]])
     agent.close()
     restored.close()
+
+
+def test_checkpoint_schema_covers_every_stateful_part(tmp_path):
+    """Save, load, and compare each part's state_dict; every stateful attribute of the agent is a part."""
+    agent = TRPO("Pendulum-v1", seed=4, normalize_obs=True, normalize_reward=True, **SMALL).learn(2 * 2 * 128)
+    parts = agent.checkpoint_parts()
+    assert set(parts) == {
+        "actor",
+        "critic",
+        "value_optimizer",
+        "policy_optimizer",
+        "collector",
+        "generator",
+        "predict_generator",
+        "progress",
+    }
+    covered = {id(part) for part in parts.values()} | {id(getattr(part, "generator", None)) for part in parts.values()}
+    for name, value in vars(agent).items():
+        if hasattr(value, "state_dict") or isinstance(value, (torch.Generator, np.random.Generator)):
+            assert id(value) in covered, f"agent.{name} is stateful but not a checkpoint part"
+    assert agent.collector.rng is not None and "rng" in parts["collector"].state_dict()
+    agent.save(tmp_path / "checkpoint.pt")
+    loaded = TRPO.load(tmp_path / "checkpoint.pt")
+    loaded_parts = loaded.checkpoint_parts()
+    for name, part in parts.items():
+        assert_states_equal(comparable(loaded_parts[name].state_dict()), comparable(part.state_dict()), name)
+    agent.close()
+    loaded.close()
+
+
+def comparable(state):
+    """A part's state with each environment snapshot unpickled into its attributes, each pickled alone:
+    a restored simulator holds equal values, though not the same sharing of objects (pickle's memo)."""
+    if not isinstance(state, dict) or "env" not in state:
+        return state
+    snapshots = [pickle.loads(snapshot) for snapshot in state["env"]["snapshots"]]
+    for snapshot in snapshots:
+        snapshot["layers"] = [{key: pickle.dumps(v) for key, v in layer.items()} for layer in snapshot["layers"]]
+    return {**state, "env": {**state["env"], "snapshots": snapshots}}
+
+
+def test_load_state_dict_refuses_parts_that_do_not_match():
+    agent = TRPO("CartPole-v1", seed=0, **SMALL)
+    state = agent.state_dict()
+    del state["parts"]["collector"]
+    state["parts"]["extra"] = {}
+    with pytest.raises(ValueError, match=r"missing \['collector'\], unknown \['extra'\]"):
+        agent.load_state_dict(state)
+    agent.close()
+
+
+@pytest.mark.parametrize("found", [2, None])
+def test_checkpoint_of_another_format_is_refused_in_one_line(found, tmp_path):
+    agent = TRPO("CartPole-v1", seed=0, **SMALL)
+    state = agent.state_dict()
+    agent.close()
+    if found is None:
+        del state["format"]
+    else:
+        state["format"] = found
+    save_checkpoint(tmp_path / "old.pt", state)
+    with pytest.raises(ValueError) as error:
+        TRPO.load(tmp_path / "old.pt")
+    message = str(error.value)
+    assert f"checkpoint format {found!r}" in message and "reads format 3" in message and "old.pt" in message
+    assert "\n" not in message
+
+
+def test_one_construction_path():
+    agent = TRPO("Pendulum-v1", seed=3, **SMALL)
+    again = TRPO(config=agent.config)
+    same = TRPO.from_config(agent.config)
+    npg = NPG(config=agent.config)  # a config is taken as it is: no NPG override on top
+    assert again.config == same.config == npg.config == agent.config
+    assert_same(parameters(again.actor), parameters(agent.actor))
+    assert npg.config.line_search is True and isinstance(npg.policy_optimizer.line_search, BacktrackingLineSearch)
+    for bad in ({"env": "CartPole-v1"}, {"seed": 1}, {"max_kl": 0.02}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TRPO(config=agent.config, **bad)
+    with pytest.raises(TypeError, match="TRPOConfig"):
+        TRPO(config=agent.config.to_dict())
+    for each in (agent, again, same, npg):
+        each.close()
