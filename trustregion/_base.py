@@ -133,7 +133,7 @@ class TrustRegionBase(torch.optim.Optimizer):
         if constraint_value is not None and not math.isfinite(constraint_value):
             return self._rejected(Reason.NONFINITE_CONSTRAINT, loss_value)
         loss_gradient = _loss_gradient(loss, params, curvature.needs_loss_graph)
-        gradient = -self.reduce(flatten(loss_gradient).detach())
+        gradient = -self.reduce(flatten(loss_gradient).detach()).to(working_dtype(params[0].dtype))
         gradient_norm = torch.linalg.vector_norm(gradient).item()
         if not math.isfinite(gradient_norm):
             return self._rejected(Reason.NONFINITE_GRADIENT, loss_value)
@@ -142,7 +142,7 @@ class TrustRegionBase(torch.optim.Optimizer):
             return self._rejected(Reason.ZERO_GRADIENT, loss_value, gradient_norm=0.0)
         with torch.enable_grad():
             operator = curvature.build(StepProblem(params, loss, constraint, loss_gradient, closure))
-        start.operator = operator.map(self.reduce)
+        start.operator = in_working_precision(operator.map(self.reduce), params[0].dtype)
         return start
 
     def _check_start(self, constraint: Tensor | None, value: float | None) -> None:
@@ -223,6 +223,35 @@ def unpack(output: object, *, first_call: bool) -> tuple[Tensor, Tensor | None]:
             "compute it from the parameters without torch.no_grad() or .detach()"
         )
     return loss, constraint
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the step's vector work: float64 for parameters of lower precision, else theirs.
+
+    The model runs in its own precision; the gradient, the solver's vectors and scalars and the
+    step are accumulated in float64, so that neither rounding in a long CG recurrence nor the
+    scale of the loss (a norm overflowing or underflowing in float32) decides the step.
+    """
+    return torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
+
+
+def in_working_precision(operator: LinearOperator, dtype: torch.dtype) -> LinearOperator:
+    """``operator`` on vectors of :func:`working_dtype`, each product run in the parameters' ``dtype``.
+
+    The vector is scaled to unit norm before it is rounded to ``dtype`` and the product scaled
+    back after (``A v = ‖v‖ A (v / ‖v‖)``), so that a product never underflows or overflows in
+    the low precision where the result itself is representable.
+    """
+    if working_dtype(dtype) == dtype:
+        return operator
+
+    def product(vector: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(vector)
+        if norm == 0:
+            return torch.zeros_like(vector)
+        return operator((vector / norm).to(dtype)).to(vector.dtype) * norm
+
+    return LinearOperator(product, operator.dim, positive_semidefinite=operator.positive_semidefinite)
 
 
 def _loss_gradient(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tensor]:

@@ -43,10 +43,10 @@ def flat_gradient(
 
 
 def add_step(params: Sequence[Tensor], base: Sequence[Tensor], step: Tensor, fraction: float) -> None:
-    """Set ``params = base + fraction * step`` in place (``base`` are saved copies)."""
+    """Set ``params = base + fraction * step`` in place (``base`` are saved copies; ``step`` may be float64)."""
     with torch.no_grad():
         for p, b, d in zip(params, base, split_like(step, params), strict=True):
-            torch.add(b, d, alpha=fraction, out=p.data)
+            torch.add(b, d.to(p.dtype), alpha=fraction, out=p.data)
 
 
 def restore(params: Sequence[Tensor], saved: Sequence[Tensor]) -> None:
