@@ -24,9 +24,10 @@ class BacktrackingLineSearch(LineSearch):
       TRPO; the default ``0`` is the rule of Spinning Up and sb3-contrib).
 
     Defaults: ``ratio = 0.8`` and ``max_backtracks = 10`` as in Spinning Up
-    (``backtrack_coeff``, ``backtrack_iters``) and sb3-contrib
-    (``line_search_shrinking_factor``, ``line_search_max_iter``). At most
-    ``max_backtracks + 1`` closure calls.
+    (``backtrack_coeff``, ``backtrack_iters``). Here ``max_backtracks`` counts the
+    shrinks, so up to ``max_backtracks + 1`` points are tried (fractions ``ρ⁰ ... ρ¹⁰``,
+    11 closure calls); sb3-contrib's ``line_search_max_iter = 10`` counts the points
+    (``ρ⁰ ... ρ⁹``, 10 calls), which is ``max_backtracks = 9`` here.
 
     Args:
         max_backtracks: how many times the step may be shrunk (>= 0).

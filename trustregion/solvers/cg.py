@@ -30,8 +30,13 @@ class ConjugateGradient(Solver):
     4. ``k = max_iter`` (``MAX_ITERATIONS``), the usual exit in TRPO.
 
     Defaults: ``max_iter=10`` is the TRPO paper's and OpenAI baselines'
-    ``cg_iters``; ``tol=1e-10`` matches baselines' ``residual_tol`` (taken here
-    relative to ``‖g‖`` so that it does not depend on the loss scale).
+    ``cg_iters``. ``tol=1e-10`` is relative, ``‖r‖ <= 1e-10 ‖g‖``, so that it does
+    not depend on the loss scale; it is much stricter than the rule of OpenAI
+    baselines and sb3-contrib, which stop when the *squared* residual falls below an
+    absolute ``residual_tol = 1e-10`` (``‖r‖ < 1e-5``). With TRPO's cap of 10
+    iterations the cap, not the tolerance, usually ends the solve here, while those
+    implementations often stop earlier; ``ConjugateGradient(tol=1e-5 / ‖g‖)`` has no
+    fixed equivalent, so compare iteration counts, not tolerances.
 
     ``sᵀAs`` is returned without another product: ``sᵀAs = sᵀ(g - r) = gᵀs - rᵀs``
     with ``r`` the recurrence residual.
