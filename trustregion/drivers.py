@@ -240,14 +240,15 @@ def least_squares(
 
     ``residuals(*params)`` is a pure function of the parameter tensors (as
     :class:`~trustregion.ResidualGaussNewton` takes it). Defaults: the Gauss-Newton matrix
-    ``JᵀJ``, :class:`~trustregion.LevenbergMarquardt`, and the :class:`~trustregion.DenseSolver`
+    ``JᵀJ``, :class:`~trustregion.LevenbergMarquardt` with Moré's scaling (``scaled=True``), and the
+    :class:`~trustregion.DenseSolver`
     up to 100 parameters (a :class:`~trustregion.SteihaugCG` above); ``tolerances`` as in :func:`run`.
     """
     check_callable("residuals", residuals, "residuals(*params) -> tensor of residuals")
     params = list(params)
     fit = ResidualGaussNewton(residuals, scale)
     size = sum(p.numel() for p in params)
-    solver = solver or (DenseSolver() if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
-    control = control or LevenbergMarquardt(gtol=tolerances.get("gtol", Stopping.gtol))
+    solver = solver or (DenseSolver(equilibrate=True) if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
+    control = control or LevenbergMarquardt(gtol=tolerances.get("gtol", Stopping.gtol), scaled=True)
     optimizer = TrustRegionMinimizer(params, curvature=fit, solver=solver, control=control)
     return run(optimizer, fit.closure(params), callback=callback, **tolerances)

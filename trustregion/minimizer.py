@@ -100,7 +100,7 @@ class TrustRegionMinimizer(TrustRegionBase):
         start = self._start(params, closure, curvature)
         if not isinstance(start, StartPoint):
             return start
-        state = self.control_state
+        state = self._observe(start)
         region, damping = self.control.region(state), self.control.damping(state)
         if region.bounded_by_operator and not start.operator.positive_semidefinite:
             raise ValueError(
@@ -108,7 +108,7 @@ class TrustRegionMinimizer(TrustRegionBase):
                 "region is measured by the operator or unbounded; with Hessian() use TrustRadius(metric='euclidean')"
             )
         details = {"gradient_norm": start.gradient_norm, "radius": region.radius, "damping": damping}
-        solve, min_curvature = self._solve(start, region, damping)
+        solve, min_curvature = self._solve(start, region, state)
         details.update(min_curvature=min_curvature, curvature_products=start.operator.products)
         if solve is None:
             return self._rejected(Reason.CONVERGED, start.loss, **details)
@@ -119,19 +119,32 @@ class TrustRegionMinimizer(TrustRegionBase):
             return self._rejected(Reason.NONFINITE_PRODUCT, start.loss, **details)
         solve, step_norm = pull_back(solve, region)
         details["step_norm"] = step_norm
-        predicted = _predicted_reduction(solve, damping)
+        predicted = _predicted_reduction(solve, self._shift(state, start))
         if not (math.isfinite(predicted) and predicted > 0.0):
             self._set_control_state(self.control.update(state, -math.inf, step_norm))
             return self._rejected(Reason.NON_POSITIVE_CURVATURE, start.loss, **details)
         return self._try(params, saved, closure, start, solve.direction, predicted, details)
 
-    def _solve(self, start: StartPoint, region: Ball, damping: float) -> tuple[SolverResult | None, float]:
+    def _observe(self, start: StartPoint) -> Any:
+        """The control's state, updated with ``diag(A)`` when the step starts from a new point."""
+        state = self.control_state
+        if self.last_result is None or self.last_result.accepted:
+            state = self.control.observe(state, lambda: start.operator.diagonal(start.gradient))
+            self._set_control_state(state)
+        return state
+
+    def _shift(self, state: Any, start: StartPoint) -> float | Tensor:
+        shift = self.control.shift(state)
+        return shift.to(start.gradient) if isinstance(shift, Tensor) else shift
+
+    def _solve(self, start: StartPoint, region: Ball, state: Any) -> tuple[SolverResult | None, float]:
         """The step of the model in ``region``; at ``‖g‖ <= gtol`` a saddle escape or ``None`` (converged)."""
         if start.gradient_norm <= self.control.gtol:
             seed = self.state[self._params()[0]].get("step", 0)
-            iterations = self.control.probe_iterations
+            iterations, damping = self.control.probe_iterations, self.control.damping(state)
             return escape_saddle(start.operator, start.gradient, region, damping, iterations, seed)
-        return self.solver.solve_in_region(start.operator.shifted(damping), start.gradient, region), math.nan
+        operator = start.operator.shifted(self._shift(state, start))
+        return self.solver.solve_in_region(operator, start.gradient, region), math.nan
 
     def _try(
         self,
@@ -195,10 +208,14 @@ class TrustRegionMinimizer(TrustRegionBase):
         return {**values, "control": state_type(**values["control"])}
 
 
-def _predicted_reduction(solve: SolverResult, damping: float) -> float:
-    """``gᵀs - ½ sᵀAs`` of the undamped model; the solver knows ``sᵀ(A + μI)s``, so ``μ‖s‖²`` is taken off."""
-    squared_norm = torch.linalg.vector_norm(solve.direction).item() ** 2 if damping else 0.0
-    return solve.gradient_dot - 0.5 * (solve.curvature - damping * squared_norm)
+def _predicted_reduction(solve: SolverResult, shift: float | Tensor) -> float:
+    """``gᵀs - ½ sᵀAs`` of the undamped model; the solver knows ``sᵀ(A + M)s``, so ``sᵀMs`` is taken off."""
+    s = solve.direction
+    if isinstance(shift, Tensor):
+        shift_curvature = (s * shift * s).sum().item()
+    else:
+        shift_curvature = shift * torch.linalg.vector_norm(s).item() ** 2 if shift else 0.0
+    return solve.gradient_dot - 0.5 * (solve.curvature - shift_curvature)
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:

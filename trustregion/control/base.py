@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
+
+from torch import Tensor
 
 from trustregion._validation import check_choice, check_integer, check_nonnegative
 from trustregion.solvers.base import METRICS, Ball
@@ -53,8 +56,19 @@ class RadiusControl(abc.ABC):
         return Ball(math.inf, self.metric)
 
     def damping(self, state: Any) -> float:
-        """The shift ``μ`` of the solver's operator ``A + μI``; 0 by default."""
+        """The damping ``μ`` of the solver's operator ``A + μI`` (or ``A + μD²``); 0 by default."""
         return 0.0
+
+    def shift(self, state: Any) -> float | Tensor:
+        """What the solver's operator adds to ``A``: the number ``μ``, or the diagonal ``μD²`` of a scaled control."""
+        return self.damping(state)
+
+    def observe(self, state: Any, diagonal: Callable[[], Tensor]) -> Any:
+        """The state after seeing a new point, given ``diagonal() = diag(A)`` there (computed only if called).
+
+        Unchanged by default; a scaled control keeps its running scale here.
+        """
+        return state
 
     def stalled(self, state: Any) -> bool:
         """Whether ``state`` is at the control's limit, so that a refused step cannot be retried smaller."""

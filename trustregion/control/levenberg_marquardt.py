@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
 
 from trustregion._validation import check_interval, check_positive
 from trustregion.control.base import RadiusControl
@@ -12,10 +16,14 @@ _MAX_GROWTH = 2.0**30
 
 @dataclass(frozen=True)
 class DampingState:
-    """The damping ``μ`` of the next step and ``ν``, its growth factor after a rejection."""
+    """The damping ``μ`` of the next step, ``ν`` its growth factor after a rejection, and the scale ``D``.
+
+    ``scale`` is ``None`` for an unscaled control, else the running ``D_j = max_k sqrt((JᵀJ)_jj)``.
+    """
 
     damping: float
     growth: float = 2.0
+    scale: tuple[float, ...] | None = None
 
 
 class LevenbergMarquardt(RadiusControl):
@@ -33,7 +41,17 @@ class LevenbergMarquardt(RadiusControl):
 
     so ``μ`` shrinks smoothly after good steps and grows ever faster after
     consecutive failures. ``μ`` is kept in ``[min_damping, max_damping]``; a step
-    refused at ``max_damping`` is reported as ``Reason.STALLED``. ``μ``
+    refused at ``max_damping`` is reported as ``Reason.STALLED``.
+
+    With ``scaled=True`` the damping is ``μ D²`` instead of ``μ I``, where ``D_j`` is
+    the largest ``sqrt(A_jj)`` (the norm of the Jacobian's column ``j`` for
+    ``A = JᵀJ``) seen so far: Moré's scaling in MINPACK's ``lmder`` ("The
+    Levenberg-Marquardt algorithm: implementation and theory", 1978), which makes
+    the method invariant to the units of each parameter. ``μ`` is then relative
+    to the curvature's own diagonal (Marquardt's ``μ diag(JᵀJ)``), so
+    ``initial_damping`` needs no tuning to the problem's scale. ``diag(A)`` costs
+    ``n`` products at each accepted point (an estimate above 256 parameters, see
+    :meth:`~trustregion.LinearOperator.diagonal`). ``μ``
     is absolute: an ``initial_damping`` small compared with the curvature's scale
     (``‖JᵀJ‖``) starts near Gauss-Newton.
 
@@ -43,6 +61,7 @@ class LevenbergMarquardt(RadiusControl):
         min_damping: lower bound of ``μ``.
         max_damping: upper bound of ``μ``.
         gtol: first-order tolerance on ``‖∇loss‖`` (see :class:`RadiusControl`).
+        scaled: damp with ``μ D²`` (Moré's scaling) instead of ``μ I``.
     """
 
     state_type = DampingState
@@ -55,8 +74,12 @@ class LevenbergMarquardt(RadiusControl):
         min_damping: float = 1e-12,
         max_damping: float = 1e12,
         gtol: float = 1e-5,
+        scaled: bool = False,
     ) -> None:
         super().__init__(metric="euclidean", gtol=gtol)
+        if not isinstance(scaled, bool):
+            raise TypeError(f"scaled must be True or False (got {scaled!r})")
+        self.scaled = scaled
         self.initial_damping = check_positive("initial_damping", initial_damping)
         self.min_damping = check_positive("min_damping", min_damping)
         self.max_damping = check_positive("max_damping", max_damping)
@@ -73,6 +96,21 @@ class LevenbergMarquardt(RadiusControl):
     def damping(self, state: DampingState) -> float:
         return state.damping
 
+    def shift(self, state: DampingState) -> float | Tensor:
+        if state.scale is None:
+            return state.damping
+        return state.damping * torch.tensor(state.scale, dtype=torch.float64).square()
+
+    def observe(self, state: DampingState, diagonal: Callable[[], Tensor]) -> DampingState:
+        if not self.scaled:
+            return state
+        scale = diagonal().clamp(min=0.0).sqrt().double().cpu()
+        if state.scale is None:  # MINPACK: a zero column starts at 1
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        else:
+            scale = torch.maximum(scale, torch.tensor(state.scale, dtype=torch.float64))
+        return replace(state, scale=tuple(scale.tolist()))
+
     def stalled(self, state: DampingState) -> bool:
         return state.damping >= self.max_damping
 
@@ -85,7 +123,10 @@ class LevenbergMarquardt(RadiusControl):
         else:
             damping, growth = state.damping * state.growth, 2.0 * state.growth
         damping = min(max(damping, self.min_damping), self.max_damping)
-        return DampingState(damping, min(growth, _MAX_GROWTH))
+        return DampingState(damping, min(growth, _MAX_GROWTH), state.scale)
 
     def __repr__(self) -> str:
-        return f"LevenbergMarquardt(initial_damping={self.initial_damping}, eta={self.eta}, gtol={self.gtol})"
+        return (
+            f"LevenbergMarquardt(initial_damping={self.initial_damping}, eta={self.eta}, gtol={self.gtol}, "
+            f"scaled={self.scaled})"
+        )

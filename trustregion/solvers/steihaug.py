@@ -81,7 +81,7 @@ class SteihaugCG(Solver):
         boundary = _Boundary(region)
         residual = rhs.clone()
         direction = rhs.clone()
-        residual_dot = rhs_norm**2
+        residual_dot = (rhs @ rhs).item()  # not rhs_norm², which is rounded twice
         max_iter = self.max_iter or 10 * operator.dim
         iterations = 0
         for _ in range(max_iter):

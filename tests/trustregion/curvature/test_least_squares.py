@@ -179,7 +179,7 @@ def test_damping_adapts_and_survives_state_dict() -> None:
     assert state.damping < 1.0  # good steps shrank μ (ρ > 3/4 divides it by 3)
     assert opt.last_result.damping > 0
     saved = copy.deepcopy(opt.state_dict())
-    assert saved["state"][0]["control"] == {"damping": state.damping, "growth": state.growth}
+    assert saved["state"][0]["control"] == {"damping": state.damping, "growth": state.growth, "scale": None}
     restored = TrustRegionMinimizer(
         [p.detach().clone().requires_grad_() for p in params],
         curvature=ResidualGaussNewton(exponential_residuals(t, y)),
