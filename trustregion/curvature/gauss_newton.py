@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -90,12 +89,25 @@ class GaussNewton(Curvature):
         operator._traced = trace(module, names) if layerwise else None
         return operator
 
+    def __getstate__(self) -> dict[str, object]:
+        """Copied and pickled without the trace (its torch.fx graph does not pickle); the copy traces its module."""
+        state = dict(self.__dict__)
+        state["_traced"] = None
+        state["_trace_again"] = self._traced is not None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        trace_again = state.pop("_trace_again", False)
+        self.__dict__.update(state)
+        if trace_again:
+            self._traced = trace(self.outputs.module, self.outputs.names)
+
     def with_inputs(self, inputs: Tensor | tuple[Tensor, ...]) -> GaussNewton:
         """The same operator on another batch (a :meth:`for_module` operator only; the trace is reused)."""
         if not isinstance(self.outputs, _ModuleOutputs):
             raise TypeError("with_inputs needs an operator from GaussNewton.for_module(module, inputs, fisher)")
-        operator = copy.copy(self)
-        operator.outputs = self.outputs.on(_as_inputs(inputs))
+        operator = object.__new__(GaussNewton)  # not copy.copy, which would trace again
+        operator.__dict__.update(self.__dict__, outputs=self.outputs.on(_as_inputs(inputs)))
         return operator
 
     def build(self, problem: StepProblem) -> LinearOperator:
