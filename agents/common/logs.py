@@ -42,7 +42,11 @@ class RunLogger:
 
     With ``run_dir=None`` only the progress bar (if enabled) is used. On resume, rows past the
     checkpoint's ``global_step`` are dropped from the CSV and TensorBoard purges them too, so
-    the logs of a resumed run read like those of a straight one.
+    the logs of a resumed run read like those of a straight one. A damaged ``progress.csv`` is
+    refused (``ValueError`` naming the file and the line) before anything is written.
+
+    ``total_steps`` is where the bar ends: the step the last iteration will reach (whole
+    iterations), so the bar counts the environment steps that actually run and ends once.
     """
 
     def __init__(self, run_dir: Path | None, *, total_steps: int, start_step: int, progress: bool) -> None:
@@ -50,8 +54,9 @@ class RunLogger:
         self.writer = None
         self.csv_file = None
         if run_dir is not None:
+            rows = read_progress(run_dir / CSV_NAME)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._open_csv(run_dir / CSV_NAME, start_step)
+            self._open_csv(run_dir / CSV_NAME, rows, start_step)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
@@ -61,8 +66,7 @@ class RunLogger:
 
             self.bar = tqdm(total=total_steps, initial=min(start_step, total_steps), unit="step", dynamic_ncols=True)
 
-    def _open_csv(self, path: Path, start_step: int) -> None:
-        rows = read_csv(path) if path.exists() else []
+    def _open_csv(self, path: Path, rows: list[dict[str, str]], start_step: int) -> None:
         kept = [row for row in rows if int(row["global_step"]) <= start_step]
         text = ",".join(COLUMNS) + "\n" + "".join(",".join(row[c] for c in COLUMNS) + "\n" for row in kept)
         atomic_write_bytes(path, text.encode())
@@ -79,7 +83,6 @@ class RunLogger:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self.writer.add_scalar(f"train/{key}", value, step)
         if self.bar is not None:
-            self.bar.update(min(step, self.bar.total) - self.bar.n)
             self.bar.set_postfix(
                 episodes=metrics["episodes"],
                 ret=f"{metrics['mean_return']:.1f}",
@@ -88,6 +91,10 @@ class RunLogger:
                 sps=f"{metrics['steps_per_second']:.0f}",
                 refresh=False,
             )
+            if step >= self.bar.total:
+                self.bar.n = self.bar.total  # shown once, by close(): an update would print the last line twice
+            else:
+                self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -107,6 +114,42 @@ def _format(value: Any) -> str:
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     with Path(path).open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def read_progress(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a run's ``progress.csv`` (none if it does not exist), checked.
+
+    A last line cut short (a run killed while writing it) is dropped; any other damage, or a
+    header that is not this version's, is a one-line ``ValueError`` naming the file and the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    fix = f"move it aside (e.g. rename it to {path.name}.bak) to continue with a new log"
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or tuple(reader.fieldnames) != COLUMNS:
+                raise ValueError(f"{path} is not a progress log of this version (unexpected header); {fix}")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"cannot read {path} ({error}); {fix}") from error
+    if rows and _incomplete(rows[-1]):
+        rows.pop()  # the last line was being written when the run stopped
+    for index, row in enumerate(rows):
+        if _incomplete(row) or None in row:
+            raise ValueError(f"{path} is damaged at line {index + 2} (not {len(COLUMNS)} columns); {fix}")
+        try:
+            int(row["global_step"])
+        except ValueError:
+            raise ValueError(
+                f"{path} is damaged at line {index + 2} (global_step {row['global_step']!r}); {fix}"
+            ) from None
+    return rows
+
+
+def _incomplete(row: dict[str, Any]) -> bool:
+    return any(row.get(column) is None for column in COLUMNS)
 
 
 def plot_learning_curve(

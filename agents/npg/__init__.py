@@ -10,7 +10,12 @@ from agents.trpo.agent import TRPO
 
 
 class NPG(TRPO):
-    """:class:`~agents.trpo.TRPO` with ``line_search=False`` (``NoLineSearch``); same API and CLI."""
+    """:class:`~agents.trpo.TRPO` with ``line_search=False`` (``NoLineSearch``); same API.
+
+    ``NPG(line_search=True)`` is a ``ValueError`` (that is TRPO), and ``python -m agents.npg`` has
+    no line-search flags, so a run labelled npg is always NPG. A loaded run keeps the algorithm it
+    was trained with (``NPG.load`` of a TRPO checkpoint reports ``algorithm == "trpo"``).
+    """
 
     algorithm: ClassVar[str] = "npg"
     overrides: ClassVar[dict[str, Any]] = {"line_search": False}

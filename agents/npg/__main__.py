@@ -1,4 +1,4 @@
-"""``python -m agents.npg``: train NPG (CartPole-v1 by default); ``--help`` lists every flag."""
+"""``python -m agents.npg``: train NPG (CartPole-v1 by default); ``--help`` lists the flags that apply to NPG."""
 
 from agents.common.cli import main
 from agents.npg import NPG

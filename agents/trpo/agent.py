@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -115,17 +118,23 @@ class TRPO:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.dtype = getattr(torch, config.dtype)
-        env_stack = make_env_stack(
-            config.env,
-            config.num_envs,
-            vectorization_mode=config.vectorization_mode,
-            env_kwargs=config.env_kwargs,
-            normalize_obs=config.normalize_obs,
-            normalize_reward=config.normalize_reward,
-            gamma=config.gamma,
-            clip_obs=config.clip_obs,
-            clip_reward=config.clip_reward,
-        )
+        try:
+            env_stack = make_env_stack(
+                config.env,
+                config.num_envs,
+                vectorization_mode=config.vectorization_mode,
+                env_kwargs=config.env_kwargs,
+                normalize_obs=config.normalize_obs,
+                normalize_reward=config.normalize_reward,
+                gamma=config.gamma,
+                clip_obs=config.clip_obs,
+                clip_reward=config.clip_reward,
+            )
+        except (gym.error.Error, ImportError, TypeError) as error:
+            message = environment_error(config.env, config.env_kwargs, error)
+            if message is None:
+                raise
+            raise ValueError(message) from error
         try:
             self._build_networks(env_stack)
         except ValueError:
@@ -137,6 +146,7 @@ class TRPO:
         self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
         self.policy_optimizer = self._make_policy_optimizer()
         self.progress = Progress()
+        self._run_dirs: set[Path] = set()  # run directories this agent was loaded from or trained in
 
     @classmethod
     def _resolve_config(
@@ -146,6 +156,12 @@ class TRPO:
         if config is None:
             env = "CartPole-v1" if env is None else env
             seed = 0 if seed is None else seed
+            for name, fixed in cls.overrides.items():
+                if name in hyperparameters and hyperparameters[name] != fixed:
+                    raise ValueError(
+                        f"{cls.__name__} always runs with {name}={fixed!r} (got {name}={hyperparameters[name]!r}); "
+                        f"use TRPO for {name}={hyperparameters[name]!r}"
+                    )
             return TRPOConfig.for_env(env, seed=seed, **{**cls.overrides, **hyperparameters})
         if not isinstance(config, TRPOConfig):
             raise TypeError(f"config must be a TRPOConfig (got {type(config).__name__})")
@@ -219,29 +235,103 @@ class TRPO:
         return self.progress.history
 
     # ------------------------------------------------------------------ training loop
-    def learn(self, total_steps: int, *, run_dir: str | Path | None = None, progress: bool = False) -> TRPO:
-        """Train until ``total_steps`` environment steps have been taken in total (counting earlier calls).
+    def learn(
+        self,
+        total_steps: int,
+        *,
+        reset_num_timesteps: bool = True,
+        run_dir: str | Path | None = None,
+        progress: bool = False,
+        callback: Callable[[TRPO], bool | None] | None = None,
+    ) -> TRPO:
+        """Train for ``total_steps`` more environment steps, or up to ``total_steps`` in all.
 
-        Steps come in whole iterations of ``num_envs × n_steps``. With ``run_dir``, logs, periodic
-        atomic checkpoints (every ``checkpoint_interval`` iterations) and the learning curve are
-        written there; a loaded agent continuing with the same ``run_dir`` resumes its logs.
+        Args:
+            total_steps: with ``reset_num_timesteps=True`` (the default, as in Stable-Baselines3)
+                the steps to take in this call, counted from :attr:`global_step`, so
+                ``agent.learn(4096)`` twice trains 8192 steps; with ``False``, a cumulative target
+                (counting earlier calls and the steps of a loaded checkpoint): ``learn(N, False)``
+                trains until ``global_step >= N``, and does nothing if it already is. Unlike
+                Stable-Baselines3, :attr:`global_step` and the logs never restart from 0. Steps come
+                in whole iterations of ``num_envs × n_steps``, so the last iteration may go past the
+                target (100,352 steps for 100,000 with CartPole's 2 × 512).
+            run_dir: where logs (``progress.csv``, TensorBoard), periodic atomic checkpoints (every
+                ``checkpoint_interval`` iterations and at the end) and the learning curve are
+                written. A directory that already holds another run's checkpoint or log is refused
+                (``ValueError``); one this agent was loaded from or trained in continues its logs.
+            progress: show a progress bar counting the environment steps that will actually run.
+            callback: called with the agent after every iteration (after logging and any periodic
+                checkpoint); returning ``False`` stops training there (Stable-Baselines3's
+                convention; ``None`` and ``True`` continue). The checkpoint at the end is written
+                all the same, so the run continues from there with ``reset_num_timesteps=False``.
+
+        An exception raised during an iteration (``KeyboardInterrupt`` included) abandons it: with
+        ``run_dir`` the state after the last completed iteration is written as the checkpoint
+        before the exception propagates, so nothing is lost but the iteration in progress.
         """
         check_integer("total_steps", total_steps, 0)
+        if not isinstance(reset_num_timesteps, bool):
+            raise ValueError(f"reset_num_timesteps must be True or False (got {reset_num_timesteps!r})")
+        target = self.global_step + total_steps if reset_num_timesteps else total_steps
+        remaining = target - self.global_step
+        if remaining <= 0:
+            return self  # nothing to do, and nothing is rewritten
+        batch = self.config.batch_size
+        end_step = self.global_step + -(-remaining // batch) * batch  # whole iterations
         run_path = Path(run_dir) if run_dir is not None else None
-        logger = RunLogger(run_path, total_steps=total_steps, start_step=self.global_step, progress=progress)
+        if run_path is not None:
+            self._check_run_dir(run_path)
+        logger = RunLogger(run_path, total_steps=end_step, start_step=self.global_step, progress=progress)
+        if run_path is not None:
+            self._run_dirs.add(run_path.resolve())
+        # the state after the last completed iteration while the checkpoint on disk is older, else None
+        consistent: dict[str, Any] | None = None
+        saved = False
         try:
-            while self.global_step < total_steps:
+            if run_path is not None:
+                consistent = self._consistent_state()
+            while self.global_step < target:
                 metrics = self.train_iteration()
                 logger.log(metrics)
-                if run_path is not None and self.iteration % self.config.checkpoint_interval == 0:
+                saved = run_path is not None and self.iteration % self.config.checkpoint_interval == 0
+                if saved:
                     self.save(run_path / CHECKPOINT_NAME)
+                    consistent = None
+                if callback is not None and callback(self) is False:
+                    break
+                if run_path is not None and not saved and self.global_step < target:
+                    consistent = self._consistent_state()
+            if run_path is not None and not saved:
+                self.save(run_path / CHECKPOINT_NAME)
+                consistent = None
+        except BaseException:
+            if consistent is not None:  # the iteration in progress is abandoned; the one before is kept
+                save_checkpoint(run_path / CHECKPOINT_NAME, consistent)
+            raise
         finally:
             logger.close()
         if run_path is not None:
-            self.save(run_path / CHECKPOINT_NAME)
             title = f"{self.algorithm.upper()} {self.config.env}"
             plot_learning_curve(run_path / CSV_NAME, run_path / PLOT_NAME, title)
         return self
+
+    def _consistent_state(self) -> dict[str, Any]:
+        """:meth:`state_dict` with every tensor and array copied: the agent's state at this moment, kept."""
+        return _copy_state(self.state_dict())
+
+    def _check_run_dir(self, run_dir: Path) -> None:
+        """Refuse a directory that holds another run's checkpoint or log (it would be overwritten)."""
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"run_dir {run_dir} is a file; pass a directory")
+        if run_dir.resolve() in self._run_dirs:
+            return
+        existing = [name for name in (CHECKPOINT_NAME, CSV_NAME) if (run_dir / name).exists()]
+        if existing:
+            raise ValueError(
+                f"run_dir {run_dir} already holds a run ({', '.join(existing)}) that this agent would overwrite; "
+                f"continue it with {type(self).__name__}.load({str(run_dir)!r}).learn(...), "
+                "or pass a new directory"
+            )
 
     def train_iteration(self) -> dict[str, Any]:
         """One iteration: rollout, GAE, policy step, critic epochs. Returns the logged metrics."""
@@ -480,17 +570,83 @@ class TRPO:
         state = load_checkpoint(path)
         check_format(state, CHECKPOINT_FORMAT, path)
         agent = cls(config=TRPOConfig.from_dict(state["config"]))
-        agent.algorithm = state["algorithm"]  # an NPG run loaded through TRPO.load keeps its name
+        agent.algorithm = state["algorithm"]  # the run keeps its name: an NPG run loaded through TRPO.load stays npg
         try:
             agent.load_state_dict(state)
         except BaseException:
             agent.close()
             raise
+        agent._run_dirs.add(path.parent.resolve())  # learn(run_dir=...) there continues the run's logs
         return agent
 
     def close(self) -> None:
         """Close the vector environment (needed for ``async`` mode's worker processes)."""
         self.collector.close()
+
+
+def _copy_state(value: Any) -> Any:
+    """A copy of a state dict that shares no mutable tensor or array with the live agent."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return type(value)((key, _copy_state(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_copy_state(item) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    return copy.deepcopy(value)
+
+
+_EXTRA_INSTALLS = {
+    "box2d": 'pip install swig, then pip install "gymnasium[box2d]"',
+    "mujoco": 'pip install "gymnasium[mujoco]"',
+    "classic_control": 'pip install "gymnasium[classic-control]"',
+    "toy_text": 'pip install "gymnasium[toy-text]"',
+}
+"""How to install the optional dependencies of gymnasium's own environments, by ``gymnasium.envs`` package."""
+
+_NAMESPACE_INSTALLS = {"ALE": 'pip install "gymnasium[atari]"'}
+"""How to install the packages that register well-known namespaces."""
+
+
+def environment_error(env_id: str, env_kwargs: dict[str, Any], error: BaseException) -> str | None:
+    """A one-line message with the fix for an environment that cannot be built, or ``None`` (not a user error).
+
+    Unknown ids suggest the closest registered ones; a missing optional dependency names the
+    ``pip install`` command; keyword arguments the environment does not take are named.
+    """
+    reason = " ".join(str(error).split())
+    if isinstance(error, gym.error.NamespaceNotFound):
+        namespace = env_id.split("/")[0]
+        install = _NAMESPACE_INSTALLS.get(namespace)
+        fix = f"install its package ({install})" if install else "install and import the package that registers it"
+        return f"unknown environment {env_id!r}: namespace {namespace!r} is not registered; {fix}"
+    if isinstance(error, (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv)):
+        matches = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        if matches:
+            fix = "did you mean " + " or ".join(repr(match) for match in matches) + "?"
+        else:
+            fix = "gymnasium.pprint_registry() lists the registered ids"
+        known_name = not isinstance(error, gym.error.NameNotFound)  # then gymnasium lists the versions it has
+        return f"unknown environment {env_id!r}{f' ({reason})' if known_name else ''}; {fix}"
+    if isinstance(error, (gym.error.DependencyNotInstalled, ModuleNotFoundError)):
+        try:
+            entry_point = gym.spec(env_id).entry_point
+        except gym.error.Error:
+            entry_point = ""
+        entry_point = entry_point if isinstance(entry_point, str) else ""
+        package = entry_point.split(":")[0].split(".")
+        install = _EXTRA_INSTALLS.get(package[2]) if package[:2] == ["gymnasium", "envs"] and len(package) > 2 else None
+        if install is not None:
+            return f"{env_id} needs an optional dependency that is not installed; install it with: {install}"
+        if isinstance(error, gym.error.DependencyNotInstalled):
+            return f"{env_id} needs an optional dependency that is not installed: {reason}"
+        return f"cannot build environment {env_id!r}: {reason}; install the missing module"
+    if isinstance(error, TypeError) and env_kwargs:
+        return f"env_kwargs {env_kwargs!r} do not fit {env_id}: {reason}; pass only arguments its constructor takes"
+    return None
 
 
 def _action_shape(space: Any) -> tuple[int, ...]:

@@ -50,32 +50,33 @@ def test_trpo_cli_writes_every_artefact_resumes_and_evaluates(tmp_path, capsys):
     assert "mean_return=" in result.stdout
     assert not list(run_dir.glob(".*.tmp"))  # no temporary files left behind
 
-    main(TRPO, ["--resume", str(run_dir), "--total-steps", "1024", "--no-progress"])
+    assert main(TRPO, ["--resume", str(run_dir), "--total-steps", "1024", "--no-progress"]) == 0
     assert [int(row["global_step"]) for row in csv_rows(run_dir)] == [256, 512, 768, 1024]
     assert json.loads((run_dir / "config.json").read_text())["total_steps"] == 1024
     assert "steps=1024" in (run_dir / "evaluation.txt").read_text()
 
-    main(TRPO, ["--eval", str(run_dir), "--eval-episodes", "3"])
+    assert main(TRPO, ["--eval", str(run_dir), "--eval-episodes", "3"]) == 0
     assert "steps=1024 episodes=3" in capsys.readouterr().out
 
 
 def test_resume_rejects_changed_hyperparameters(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    main(TRPO, ["--total-steps", "256", "--run-dir", str(run_dir), "--no-progress", *TINY])
-    with pytest.raises(SystemExit):
-        main(TRPO, ["--resume", str(run_dir), "--max-kl", "0.5"])
-    assert "max_kl" in capsys.readouterr().err
+    assert main(TRPO, ["--total-steps", "256", "--run-dir", str(run_dir), "--no-progress", *TINY]) == 0
+    assert main(TRPO, ["--resume", str(run_dir), "--max-kl", "0.5"]) == 2
+    assert "--max-kl" in capsys.readouterr().err
 
 
 def test_npg_cli_and_bad_flag(tmp_path, capsys):
     run_dir = tmp_path / "npg"
-    main(NPG, ["--env", "Pendulum-v1", "--total-steps", "256", "--run-dir", str(run_dir), "--no-progress", *TINY])
+    assert (
+        main(NPG, ["--env", "Pendulum-v1", "--total-steps", "256", "--run-dir", str(run_dir), "--no-progress", *TINY])
+        == 0
+    )
     rows = csv_rows(run_dir)
     assert all(row["backtracks"] == "0" and row["step_fraction"] == "1.0" for row in rows)
     assert json.loads((run_dir / "config.json").read_text())["config"]["line_search"] is False
     assert "algo=npg" in (run_dir / "evaluation.txt").read_text()
-    with pytest.raises(SystemExit):
-        main(TRPO, ["--max-kl", "-1", "--total-steps", "256", "--no-progress"])
+    assert main(TRPO, ["--max-kl", "-1", "--total-steps", "256", "--no-progress"]) == 2
     assert "max_kl must be" in capsys.readouterr().err
 
 
@@ -91,3 +92,13 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]  # the temporary file was removed
+
+
+def test_progress_bar_counts_whole_iterations_and_ends_once(tmp_path, capsys):
+    """--total-steps 300 with 2 × 128 steps per iteration runs 512 steps: the bar says so, once at 100%."""
+    argv = ["--total-steps", "300", "--run-dir", str(tmp_path / "run"), "--n-steps", "128", "--eval-episodes", "2"]
+    assert main(TRPO, [*argv, "--hidden-sizes", "16", "16"]) == 0
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    bars = [line for line in lines if "step/s" in line or "?step" in line]
+    assert bars and all("/512" in line for line in bars) and "512/512" in bars[-1]
+    assert sum("100%" in line for line in bars) == 1

@@ -285,11 +285,13 @@ def test_resume_is_bit_identical(env, options, tmp_path):
     first_half = TRPO(env, seed=5, **options).learn(2 * batch)
     first_half.save(tmp_path / "checkpoint.pt")
     first_half.close()
-    resumed = TRPO.load(tmp_path / "checkpoint.pt").learn(4 * batch)
+    resumed = TRPO.load(tmp_path / "checkpoint.pt").learn(4 * batch, reset_num_timesteps=False)  # a target
     assert resumed.global_step == straight.global_step == 4 * batch
     assert_states_equal(full_state(resumed), full_state(straight))
-    straight.close()
-    resumed.close()
+    again = TRPO.load(tmp_path / "checkpoint.pt").learn(2 * batch)  # by default, steps counted from the checkpoint
+    assert_states_equal(full_state(again), full_state(straight))
+    for agent in (straight, resumed, again):
+        agent.close()
 
 
 def test_save_load_round_trip_predicts_and_evaluates_identically(tmp_path):
