@@ -9,7 +9,7 @@ after every run.
 
     python benchmarks/returns.py --envs CartPole-v1 --seeds 0 1 2
     python benchmarks/returns.py --envs Hopper-v5 --seeds 0 --impl ours sb3
-    python benchmarks/returns.py --smoke     # CI: two tiny CartPole runs into results/tmp/
+    python benchmarks/returns.py --smoke     # CI: two tiny CartPole runs in a temporary folder
 
 Ours uses its per-environment defaults (docs/agents.md); sb3-contrib uses RL-Zoo's TRPO
 hyperparameters for the environment, as in benchmarks/throughput.py. Both run on one thread, and
@@ -19,10 +19,12 @@ the learning curves' time axis is CPU seconds, so several sweeps can share a mac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -259,17 +261,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="default: 100k classic control, 1M MuJoCo")
     parser.add_argument("--impl", nargs="+", default=["ours"], choices=list(RUNNERS))
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="default: benchmarks/results; with --smoke a temporary folder"
+    )
     parser.add_argument(
         "--plots", type=Path, default=None, help="PNG folder (default: docs/img/returns; <results> with --smoke)"
     )
-    parser.add_argument("--smoke", action="store_true", help="two tiny CartPole runs into <results>/tmp")
+    parser.add_argument(
+        "--smoke", action="store_true", help="two tiny CartPole runs into <results>/tmp (no --results: deleted after)"
+    )
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="NAME=VALUE", help="hyperparameter overrides (JSON values)"
     )
     parser.add_argument("--tag", default="", help="suffix for the implementation name of overridden runs")
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as cleanup:
+        if args.smoke and args.results is None:  # a smoke run leaves nothing behind
+            args.results = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="returns-smoke-")))
+        run(parser, args)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)  # both implementations single-threaded: CPU seconds comparable
+    args.results = args.results or HERE / "results"
     if args.smoke:
         args.envs, args.seeds, args.steps, args.results = ["CartPole-v1"], [0, 1], 2048, args.results / "tmp"
         args.plots = args.plots or args.results

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.common.envs import EnvStack
+from agents.common.envs import RECOVERY_HINT, EnvStack, all_finite
 from agents.common.policies import Actor
 from agents.common.rollout import Rollout
 
@@ -56,8 +56,12 @@ class Collector:
         self.episodes = 0
         self.recent_returns: deque[float] = deque(maxlen=EPISODE_WINDOW)
         self.recent_lengths: deque[int] = deque(maxlen=EPISODE_WINDOW)
-        obs, _ = env_stack.envs.reset(seed=seed)
-        self.obs: np.ndarray = obs.reshape(env_stack.num_envs, -1)
+        try:
+            obs, _ = env_stack.envs.reset(seed=seed)
+        except BaseException:  # e.g. a non-finite first observation: the caller never gets the collector to close
+            env_stack.close()
+            raise
+        self.obs: np.ndarray = obs.reshape(env_stack.num_envs, -1).copy()  # not a view of the env's buffer
         self.prev_done = np.zeros(env_stack.num_envs, dtype=bool)
 
     def collect(self, actor: Actor, networks: RolloutNetworksFn) -> Rollout:
@@ -67,8 +71,17 @@ class Collector:
         :class:`~agents.common.policies.RolloutNetworks` copy of the current parameters);
         ``actor`` turns outputs and noise into actions. The noise of the whole rollout is drawn
         at once; the rollout keeps the unclipped sample.
+
+        A NaN or infinite observation or reward stops the rollout at its step with a
+        :class:`~agents.common.envs.NonFiniteDataError` (the environment stack's ``FiniteCheck``).
+        Once per rollout the stored arrays and the normalisation statistics are checked as well,
+        for finite values that overflow: an observation beyond the policy dtype's range, or
+        running moments that overflow; the statistics are then put back to where the rollout
+        started and the same error is raised.
         """
+        self.env_stack.finite_check.raise_if_failed()
         envs, num_envs = self.env_stack.envs, self.env_stack.num_envs
+        first_step, statistics = self.env_stack.vector_steps, self.env_stack.statistics()
         rollout = Rollout.empty(self.n_steps, num_envs, self.obs_dim, self.action_shape, self.action_dtype, self.dtype)
         sample_actions = actor.rollout_head()
         noise = actor.rollout_noise(self.rng, (self.n_steps, num_envs, actor.net.layers[-1].out_features), self.dtype)
@@ -88,9 +101,33 @@ class Collector:
         rollout.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
         rollout.valid[1:] = ~done[:-1]
         self.prev_done = done[-1].copy()
-        self.obs = next_obs.reshape(num_envs, -1)
-        rollout.last_values[:] = networks(_as_dtype(self.obs, self.dtype))[1]
+        self.obs = next_obs.reshape(num_envs, -1).copy()  # a copy: a sync env overwrites its buffer at every step
+        last_obs = _as_dtype(self.obs, self.dtype)
+        rollout.last_values[:] = networks(last_obs)[1]
+        self._check(rollout, last_obs, first_step, statistics)
         return rollout
+
+    def _check(self, rollout: Rollout, last_obs: np.ndarray, first_step: int, statistics: dict[str, Any]) -> None:
+        """One finiteness check of the rollout's arrays and the statistics (cheap: once per rollout)."""
+        stack = self.env_stack
+        problem = None
+        name = stack.nonfinite_statistic()
+        if name is not None:
+            stack.set_statistics(statistics)  # back to their finite state at the start of the rollout
+            problem = (
+                f"the {name} of {stack.env_id} overflowed during the rollout of vector steps "
+                f"{first_step + 1} to {stack.vector_steps} (values too large for running moments)"
+            )
+        elif not (all_finite(rollout.obs) and all_finite(last_obs)):
+            obs = np.concatenate([rollout.obs, last_obs[None]]).reshape(self.n_steps + 1, stack.num_envs, -1)
+            t, index = (int(i) for i in np.argwhere(~np.isfinite(obs).all(axis=-1))[0])
+            step = first_step + t
+            at = f"at vector step {step}" if step else "at reset"
+            problem = f"{stack.env_id} sub-environment {index} returned an observation beyond {self.dtype}'s range {at}"
+        elif not (all_finite(rollout.values) and all_finite(rollout.last_values)):
+            problem = f"the critic's values overflowed on the observations of {stack.env_id}"
+        if problem is not None:
+            stack.finite_check.fail(f"{problem}; training stopped before any update: {RECOVERY_HINT}")
 
     def _record_episodes(self, info: dict[str, Any]) -> None:
         for index in np.flatnonzero(info["_episode"]):

@@ -5,6 +5,8 @@ Wrapper stack, innermost first::
     gymnasium.make_vec(env, num_envs, vectorization_mode)   # each sub-env wrapped in
                                   # RecordEpisodeStatistics (true returns and lengths,
                                   # before any scaling), then EnvSnapshot
+      -> FiniteCheck               (stops on a NaN or infinite observation or reward,
+                                    before anything above sees it)
       -> NormalizeObservation      (optional, running mean/std of observations,
                                     then clipped to ±clip_obs)
       -> NormalizeReward           (optional, scales rewards by the std of a discounted return,
@@ -28,13 +30,14 @@ flags false. The rollout marks that transition invalid (see :mod:`agents.common.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from gymnasium.wrappers import RecordEpisodeStatistics
 from gymnasium.wrappers.vector import ClipReward, NormalizeObservation, NormalizeReward, TransformObservation
 
@@ -63,6 +66,93 @@ _UNSAVED_ATTRIBUTES = frozenset(
     }
 )
 """Attributes a snapshot leaves out: structure that does not change, and wall-clock times."""
+
+RECOVERY_HINT = "fix or wrap the environment, then resume from the last checkpoint"
+
+
+class NonFiniteDataError(RuntimeError):
+    """Data that would poison the training state: a NaN or infinite value from an environment, or an overflow.
+
+    Raised before the value reaches a network, a normalisation statistic or an update; the message
+    is one line naming the environment id, the sub-environment and the step (docs/agents.md,
+    "Data integrity").
+    """
+
+
+_count_nonzero, _isfinite = np.count_nonzero, np.isfinite  # looked up once: the check runs at every step
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether every entry of a numeric array is finite (integer and boolean arrays always are).
+
+    ``np.count_nonzero(np.isfinite(array)) == array.size``: exact, silent (no floating-point
+    warning), and on the few values of one vector step about half the cost of
+    ``np.isfinite(array).all()``.
+    """
+    return _count_nonzero(_isfinite(array)) == array.size
+
+
+class FiniteCheck(VectorWrapper):
+    """Stops with :class:`NonFiniteDataError` when a sub-environment returns a NaN or infinite observation or reward.
+
+    It sits directly on the vector environment, below the normalisation wrappers: the error is
+    raised at the vector step (or reset) that returned the value, before ``NormalizeObservation``
+    or ``NormalizeReward`` fold it into their running statistics and before the collector passes
+    the observation to the networks. ``steps`` counts vector steps since the environment was built
+    (saved in checkpoints, so the step in a message is the run's). After an error every ``step``
+    raises it again until :meth:`EnvStack.load_state` restores a consistent state: the
+    sub-environments have moved past the rollout the agent holds.
+    """
+
+    def __init__(self, env: VectorEnv, env_id: str) -> None:
+        super().__init__(env)
+        self.env_id = env_id
+        self.steps = 0
+        self.failure: str | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.failure = None
+        if not all_finite(obs):
+            self.fail(self._culprit(obs, None, "at reset (vector step 0)", "fix or wrap the environment"))
+        return obs, info
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        self.raise_if_failed()
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        self.steps += 1
+        if _count_nonzero(_isfinite(obs)) != obs.size or _count_nonzero(_isfinite(rewards)) != rewards.size:
+            at = f"at vector step {self.steps} (global step {self.steps * self.num_envs})"
+            self.fail(self._culprit(obs, rewards, at, RECOVERY_HINT))
+        return obs, rewards, terminated, truncated, info
+
+    def raise_if_failed(self) -> None:
+        """Raise the last error again if there was one since the last reset or restore."""
+        if self.failure is not None:
+            raise NonFiniteDataError(self.failure)
+
+    def fail(self, message: str) -> None:
+        """Raise ``message`` as a :class:`NonFiniteDataError`, now and at every later ``step``."""
+        self.failure = message
+        raise NonFiniteDataError(message)
+
+    def _culprit(self, obs: np.ndarray, rewards: np.ndarray | None, at: str, hint: str) -> str:
+        bad_obs = ~np.isfinite(np.asarray(obs).reshape(self.num_envs, -1))
+        bad_rewards = np.zeros(self.num_envs, dtype=bool) if rewards is None else ~np.isfinite(rewards)
+        index = int(np.flatnonzero(bad_obs.any(axis=1) | bad_rewards)[0])
+        found = []
+        if rewards is not None and bad_rewards[index]:
+            found.append(f"reward {float(rewards[index])}")
+        entries = np.flatnonzero(bad_obs[index])
+        if entries.size:
+            entry = int(entries[0])
+            value = float(np.asarray(obs).reshape(self.num_envs, -1)[index, entry])
+            more = f" and {entries.size - 1} more entries" if entries.size > 1 else ""
+            found.append(f"observation entry {entry} = {value}{more}")
+        return (
+            f"{self.env_id} sub-environment {index} returned a non-finite {' and '.join(found)} {at}; "
+            f"training stopped before any network or normalisation statistic saw it: {hint}"
+        )
 
 
 class EnvSnapshot(gym.Wrapper):
@@ -131,48 +221,78 @@ def _mutable_state(layer: gym.Env) -> dict[str, Any]:
 
 @dataclass
 class EnvStack:
-    """The wrapped vector environment, the bare one below the wrappers, and the stateful wrappers."""
+    """The wrapped vector environment, the bare one below the wrappers, and the stateful and checking wrappers."""
 
     envs: VectorEnv
     base: VectorEnv
     obs_normalizer: NormalizeObservation | None
     reward_normalizer: NormalizeReward | None
+    finite_check: FiniteCheck
 
     @property
     def num_envs(self) -> int:
         return self.envs.num_envs
+
+    @property
+    def env_id(self) -> str:
+        return self.finite_check.env_id
+
+    @property
+    def vector_steps(self) -> int:
+        """Vector steps taken since the environment was built (counted by the :class:`FiniteCheck`)."""
+        return self.finite_check.steps
 
     def close(self) -> None:
         self.envs.close()
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue this environment exactly where it is."""
-        state: dict[str, Any] = {
+        return {
             "snapshots": list(self.base.get_attr("snapshot")),  # simulators and episode statistics
-            "obs_rms": None,
-            "reward_normalizer": None,
+            **self.statistics(),
+            "vector_steps": self.vector_steps,
         }
-        if self.obs_normalizer is not None:
-            state["obs_rms"] = running_stats(self.obs_normalizer.obs_rms)
-        if self.reward_normalizer is not None:
-            normalizer = self.reward_normalizer
-            state["reward_normalizer"] = {
-                "return_rms": running_stats(normalizer.return_rms),
-                "accumulated_reward": normalizer.accumulated_reward.copy(),
-                "prev_dones": normalizer._prev_dones.copy(),  # private: needed to resume mid-episode
-            }
-        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state`; call after ``reset`` on a freshly built stack."""
         self.base.set_attr("snapshot", list(state["snapshots"]))
+        self.set_statistics(state)
+        self.finite_check.steps = state.get("vector_steps", 0)
+        self.finite_check.failure = None  # a consistent state again
+
+    def statistics(self) -> dict[str, Any]:
+        """A copy of the normalisation wrappers' state (``None`` for a wrapper that is off)."""
+        statistics: dict[str, Any] = {"obs_rms": None, "reward_normalizer": None}
         if self.obs_normalizer is not None:
-            set_running_stats(self.obs_normalizer.obs_rms, state["obs_rms"])
+            statistics["obs_rms"] = running_stats(self.obs_normalizer.obs_rms)
         if self.reward_normalizer is not None:
-            saved = state["reward_normalizer"]
+            normalizer = self.reward_normalizer
+            statistics["reward_normalizer"] = {
+                "return_rms": running_stats(normalizer.return_rms),
+                "accumulated_reward": normalizer.accumulated_reward.copy(),
+                "prev_dones": normalizer._prev_dones.copy(),  # private: needed to resume mid-episode
+            }
+        return statistics
+
+    def set_statistics(self, statistics: dict[str, Any]) -> None:
+        """Inverse of :meth:`statistics`."""
+        if self.obs_normalizer is not None:
+            set_running_stats(self.obs_normalizer.obs_rms, statistics["obs_rms"])
+        if self.reward_normalizer is not None:
+            saved = statistics["reward_normalizer"]
             set_running_stats(self.reward_normalizer.return_rms, saved["return_rms"])
             self.reward_normalizer.accumulated_reward = saved["accumulated_reward"].copy()
             self.reward_normalizer._prev_dones = saved["prev_dones"].copy()
+
+    def nonfinite_statistic(self) -> str | None:
+        """The name of a normalisation statistic that is not finite, or ``None``."""
+        if self.obs_normalizer is not None and not _rms_finite(self.obs_normalizer.obs_rms):
+            return "observation normalisation statistics"
+        if self.reward_normalizer is not None:
+            normalizer = self.reward_normalizer
+            if not (_rms_finite(normalizer.return_rms) and all_finite(np.asarray(normalizer.accumulated_reward))):
+                return "reward normalisation statistics"
+        return None
 
 
 def running_stats(rms: Any) -> dict[str, Any]:
@@ -184,6 +304,10 @@ def set_running_stats(rms: Any, stats: dict[str, Any]) -> None:
     rms.mean = np.array(stats["mean"], copy=True)
     rms.var = np.array(stats["var"], copy=True)
     rms.count = stats["count"]
+
+
+def _rms_finite(rms: Any) -> bool:
+    return all_finite(np.asarray(rms.mean)) and all_finite(np.asarray(rms.var)) and math.isfinite(rms.count)
 
 
 def make_env_stack(
@@ -208,8 +332,10 @@ def make_env_stack(
         **(env_kwargs or {}),
     )
     if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) is not AutoresetMode.NEXT_STEP:
+        envs.close()
         raise ValueError("the agents need next-step autoreset (gymnasium's default autoreset_mode)")
-    wrapped: VectorEnv = envs
+    finite_check = FiniteCheck(envs, env_id)
+    wrapped: VectorEnv = finite_check
     obs_normalizer = reward_normalizer = None
     if normalize_obs:
         wrapped = obs_normalizer = NormalizeObservation(wrapped)
@@ -217,9 +343,9 @@ def make_env_stack(
     if normalize_reward:
         wrapped = reward_normalizer = NormalizeReward(wrapped, gamma=gamma)
         wrapped = ClipReward(wrapped, -clip_reward, clip_reward)
-    return EnvStack(wrapped, envs, obs_normalizer, reward_normalizer)
+    return EnvStack(wrapped, envs, obs_normalizer, reward_normalizer, finite_check)
 
 
 def make_eval_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:
-    """Unwrapped sync vector env for evaluation (observations are normalised by the agent)."""
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **(env_kwargs or {}))
+    """Sync vector env for evaluation, with only the :class:`FiniteCheck` (the agent normalises observations)."""
+    return FiniteCheck(gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **(env_kwargs or {})), env_id)

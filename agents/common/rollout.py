@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agents.common.envs import NonFiniteDataError
+
 
 @dataclass
 class Rollout:
@@ -102,16 +104,28 @@ def compute_gae(
 
 
 def make_batch(rollout: Rollout, advantages: np.ndarray, returns: np.ndarray, dtype: torch.dtype) -> Batch:
-    """Flatten ``[T, N]`` to ``[T·N]`` and keep the valid transitions."""
+    """Flatten ``[T, N]`` to ``[T·N]`` and keep the valid transitions.
+
+    Advantages, value targets and values that are not finite in ``dtype`` (finite rewards too
+    large for it: a float64 return beyond float32's range) raise
+    :class:`~agents.common.envs.NonFiniteDataError` before either update sees them.
+    """
     valid = rollout.valid.reshape(-1)
 
     def flat(array: np.ndarray) -> np.ndarray:
         return array.reshape(array.shape[0] * array.shape[1], *array.shape[2:])[valid]
 
-    return Batch(
+    batch = Batch(
         obs=torch.from_numpy(flat(rollout.obs)),
         actions=torch.from_numpy(flat(rollout.actions)),
         advantages=torch.from_numpy(flat(advantages)).to(dtype),
         returns=torch.from_numpy(flat(returns)).to(dtype),
         values=torch.from_numpy(flat(rollout.values)).to(dtype),
     )
+    for name in ("advantages", "returns", "values"):
+        if not torch.isfinite(getattr(batch, name)).all():
+            raise NonFiniteDataError(
+                f"the rollout's {name} are not finite in {dtype} (rewards too large for it); training stopped "
+                f"before any update: scale the rewards (normalize_reward=True) or train in float64"
+            )
+    return batch
