@@ -34,6 +34,9 @@ CG_TESTS = ("tests/trustregion/solvers/test_cg.py",)
 OPTIMIZER_TESTS = ("tests/trustregion/test_optimizer.py",)
 FAULT_TESTS = ("tests/trustregion/test_faults.py",)
 CURVATURE_TESTS = ("tests/trustregion/curvature", "tests/trustregion/test_distributions.py")
+MATRIX_TESTS = ("tests/trustregion/test_matrix.py",)
+CONTRACT_TESTS = ("tests/trustregion/test_optimizer_contract.py",)
+SUBPROBLEM_TESTS = ("tests/trustregion/solvers/test_subproblem.py",)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Mutant:
 
 
 MUTANTS = [
+    # ------------------------------------------------------------------ solvers
     Mutant(
         "cg_residual_sign_flipped",
         "solvers/cg.py",
@@ -69,7 +73,7 @@ MUTANTS = [
     ),
     Mutant(
         "cg_curvature_without_residual_term",
-        "solvers/cg.py",
+        "solvers/base.py",
         "curvature = gradient_dot - residual @ solution",
         "curvature = gradient_dot",
         CG_TESTS,
@@ -82,6 +86,85 @@ MUTANTS = [
         CG_TESTS,
     ),
     Mutant(
+        "cg_tol_zero_never_stops",
+        "solvers/cg.py",
+        "if torch.linalg.vector_norm(residual).item() <= self.tol * rhs_norm:",
+        "if torch.linalg.vector_norm(residual).item() < self.tol * rhs_norm:",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "steihaug_tol_zero_never_stops",
+        "solvers/steihaug.py",
+        "if math.sqrt(new_residual_dot) <= tolerance:",
+        "if math.sqrt(new_residual_dot) < tolerance:",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "steihaug_default_cap_n",
+        "solvers/steihaug.py",
+        "max_iter = self.max_iter or 10 * operator.dim",
+        "max_iter = self.max_iter or operator.dim",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "solver_result_usable_ignores_gradient_dot",
+        "result.py",
+        "            and self.gradient_dot > 0.0\n",
+        "",
+        CONTRACT_TESTS,
+    ),
+    # ------------------------------------------------------------------ subproblem: pull-back and saddle escape
+    Mutant(
+        "pull_back_curvature_scaled_by_factor",
+        "solvers/subproblem.py",
+        "curvature=factor * factor * solve.curvature,",
+        "curvature=factor * solve.curvature,",
+        SUBPROBLEM_TESTS,
+    ),
+    Mutant(
+        "pull_back_gradient_dot_scaled_by_factor_squared",
+        "solvers/subproblem.py",
+        "gradient_dot=factor * solve.gradient_dot,",
+        "gradient_dot=factor * factor * solve.gradient_dot,",
+        SUBPROBLEM_TESTS,
+    ),
+    Mutant(
+        "saddle_escape_ignores_sign_of_gradient",
+        "solvers/subproblem.py",
+        "direction = probe.vector if (gradient @ probe.vector).item() >= 0 else -probe.vector",
+        "direction = probe.vector",
+        SUBPROBLEM_TESTS,
+    ),
+    Mutant(
+        "ritz_threshold_zero",
+        "solvers/subproblem.py",
+        "if probe.value >= -math.sqrt(torch.finfo(gradient.dtype).eps) * probe.scale:",
+        "if probe.value >= 0.0:",
+        SUBPROBLEM_TESTS,
+    ),
+    Mutant(
+        "ritz_threshold_eps_not_sqrt_eps",
+        "solvers/subproblem.py",
+        "if probe.value >= -math.sqrt(torch.finfo(gradient.dtype).eps) * probe.scale:",
+        "if probe.value >= -torch.finfo(gradient.dtype).eps * probe.scale:",
+        SUBPROBLEM_TESTS,
+    ),
+    Mutant(
+        "ritz_threshold_ten_times_larger",
+        "solvers/subproblem.py",
+        "if probe.value >= -math.sqrt(torch.finfo(gradient.dtype).eps) * probe.scale:",
+        "if probe.value >= -10 * math.sqrt(torch.finfo(gradient.dtype).eps) * probe.scale:",
+        SUBPROBLEM_TESTS,
+    ),
+    Mutant(
+        "ritz_threshold_not_relative",
+        "solvers/subproblem.py",
+        "if probe.value >= -math.sqrt(torch.finfo(gradient.dtype).eps) * probe.scale:",
+        "if probe.value >= -math.sqrt(torch.finfo(gradient.dtype).eps):",
+        SUBPROBLEM_TESTS,
+    ),
+    # ------------------------------------------------------------------ line searches
+    Mutant(
         "backtracking_fraction_ratio_pow_k_plus_1",
         "search/backtracking.py",
         "fraction = self.ratio**backtracks",
@@ -91,7 +174,7 @@ MUTANTS = [
     Mutant(
         "backtracking_kl_check_skipped",
         "search/backtracking.py",
-        "if point.constraint is not None and not point.constraint <= problem.max_constraint:",
+        "if point.constraint is not None and not (math.isfinite(point.constraint) and point.constraint <= bound):",
         "if False:",
         OPTIMIZER_TESTS,
     ),
@@ -100,7 +183,14 @@ MUTANTS = [
         "search/backtracking.py",
         "required = self.min_improvement_ratio * fraction * problem.expected_improvement",
         "required = 0.0",
-        OPTIMIZER_TESTS,
+        CONTRACT_TESTS,
+    ),
+    Mutant(
+        "backtracking_accepts_zero_improvement",
+        "search/backtracking.py",
+        "return improvement > 0.0 and improvement >= required",
+        "return improvement >= 0.0 and improvement >= required",
+        CONTRACT_TESTS,
     ),
     Mutant(
         "no_line_search_accepts_nonfinite",
@@ -109,40 +199,155 @@ MUTANTS = [
         "finite = True",
         FAULT_TESTS,
     ),
+    # ------------------------------------------------------------------ the shared base and the KL optimizer
     Mutant(
-        "optimizer_restore_forgotten",
-        "optimizer.py",
-        "            restore(params, saved)\n",
-        "            pass\n",
-        OPTIMIZER_TESTS + FAULT_TESTS,
+        "base_restore_on_exception_forgotten",
+        "_base.py",
+        "        except BaseException:\n            restore(params, saved)\n            raise\n",
+        "        except BaseException:\n            raise\n",
+        CONTRACT_TESTS,
     ),
     Mutant(
-        "optimizer_step_scale_without_factor_2",
-        "optimizer.py",
-        "step_scale = math.sqrt(2.0 * max_kl / model.solve.curvature)",
-        "step_scale = math.sqrt(max_kl / model.solve.curvature)",
-        OPTIMIZER_TESTS,
+        "base_restore_on_rejection_forgotten",
+        "_base.py",
+        "        if not result.accepted:\n            restore(params, saved)\n",
+        "        if not result.accepted:\n            pass\n",
+        CONTRACT_TESTS,
     ),
     Mutant(
-        "optimizer_nonfinite_constraint_unchecked",
-        "optimizer.py",
+        "base_zero_gradient_not_rejected",
+        "_base.py",
+        "if gradient_norm == 0.0 and not self._steps_at_zero_gradient():",
+        "if False:",
+        CONTRACT_TESTS,
+    ),
+    Mutant(
+        "base_nonfinite_constraint_unchecked",
+        "_base.py",
         "if constraint_value is not None and not math.isfinite(constraint_value):",
         "if False:",
         FAULT_TESTS,
     ),
     Mutant(
-        "optimizer_no_warning",
-        "optimizer.py",
-        'warnings.warn(f"trust-region step rejected: {result.reason.value}", RuntimeWarning, stacklevel=2)',
+        "base_no_warning",
+        "_base.py",
+        "warnings.warn(message, RuntimeWarning, stacklevel=2)",
         "pass",
         FAULT_TESTS,
     ),
     Mutant(
+        "optimizer_step_scale_without_factor_2",
+        "optimizer.py",
+        "step_scale = math.sqrt(2.0 * max_kl / solve.curvature)",
+        "step_scale = math.sqrt(max_kl / solve.curvature)",
+        MATRIX_TESTS,
+    ),
+    # ------------------------------------------------------------------ the minimizer and its radius controls
+    Mutant(
+        "minimizer_predicted_reduction_damping_dropped",
+        "minimizer.py",
+        "return solve.gradient_dot - 0.5 * (solve.curvature - shift_curvature)",
+        "return solve.gradient_dot - 0.5 * solve.curvature",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "minimizer_predicted_reduction_scaled_damping_dropped",
+        "minimizer.py",
+        "shift_curvature = (s * shift * s).sum().item()",
+        "shift_curvature = 0.0",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "levenberg_marquardt_scale_not_running_max",
+        "control/levenberg_marquardt.py",
+        "scale = torch.maximum(scale, torch.tensor(state.scale, dtype=torch.float64))",
+        "scale = scale",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "minimizer_rounding_dropped",
+        "minimizer.py",
+        "rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))",
+        "rounding = 0.0",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "improvement_ratio_rounding_dropped",
+        "control/base.py",
+        "return (actual + rounding) / (predicted_reduction + rounding)",
+        "return actual / predicted_reduction",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "trust_radius_shrinks_by_half",
+        "control/trust_radius.py",
+        "radius = max(0.25 * radius, self.min_radius)",
+        "radius = max(0.5 * radius, self.min_radius)",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "trust_radius_shrinks_at_one_quarter",
+        "control/trust_radius.py",
+        "if ratio < 0.25:",
+        "if ratio <= 0.25:",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "trust_radius_expands_above_one_half",
+        "control/trust_radius.py",
+        "elif ratio > 0.75 and step_norm >= _ON_BOUNDARY * radius:",
+        "elif ratio > 0.5 and step_norm >= _ON_BOUNDARY * radius:",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "trust_radius_expands_inside",
+        "control/trust_radius.py",
+        "elif ratio > 0.75 and step_norm >= _ON_BOUNDARY * radius:",
+        "elif ratio > 0.75:",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "trust_radius_expands_threefold",
+        "control/trust_radius.py",
+        "radius = min(2.0 * radius, self.max_radius)",
+        "radius = min(3.0 * radius, self.max_radius)",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "levenberg_marquardt_square_not_cube",
+        "control/levenberg_marquardt.py",
+        "max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)",
+        "max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 2)",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "levenberg_marquardt_floor_one_half",
+        "control/levenberg_marquardt.py",
+        "max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)",
+        "max(1.0 / 2.0, 1.0 - (2.0 * ratio - 1.0) ** 3)",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "levenberg_marquardt_growth_not_doubled",
+        "control/levenberg_marquardt.py",
+        "damping, growth = state.damping * state.growth, 2.0 * state.growth",
+        "damping, growth = state.damping * state.growth, state.growth",
+        MATRIX_TESTS,
+    ),
+    Mutant(
+        "minimizer_control_state_not_kept",
+        "minimizer.py",
+        'self._set_control_state(self.control.update(state, ratio, details["step_norm"]))',
+        "pass",
+        MATRIX_TESTS,
+    ),
+    # ------------------------------------------------------------------ curvature
+    Mutant(
         "damping_dropped",
         "curvature/damping.py",
-        "return inner(vector).add(vector, alpha=damping)",
-        "return inner(vector)",
-        ("tests/trustregion/curvature/test_damping.py", *OPTIMIZER_TESTS),
+        "return self.curvature.build(problem).shifted(self.damping)",
+        "return self.curvature.build(problem)",
+        MATRIX_TESTS,
     ),
     Mutant(
         "kl_hessian_without_create_graph",
@@ -160,21 +365,21 @@ MUTANTS = [
     ),
     Mutant(
         "categorical_fisher_without_outer_product",
-        "distributions.py",
+        "outputs.py",
         "return probs * (tangent - (probs_unscaled * tangent).sum(-1, keepdim=True))",
         "return probs * tangent",
         CURVATURE_TESTS,
     ),
     Mutant(
         "gaussian_fisher_log_std_weight_1",
-        "distributions.py",
+        "outputs.py",
         "log_std_weight = 2.0 / rows",
         "log_std_weight = 1.0 / rows",
         CURVATURE_TESTS,
     ),
     Mutant(
         "gaussian_fisher_shared_row_weighted_per_input",
-        "distributions.py",
+        "outputs.py",
         "rows = log_std.shape[0] if log_std.dim() == mean.dim() else 1",
         "rows = batch if log_std.dim() == mean.dim() else 1",
         CURVATURE_TESTS,
