@@ -120,9 +120,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser(agent_class: Any) -> argparse.ArgumentParser:
     """The parser of ``python -m agents.<algorithm>``: only the flags that apply to ``agent_class``."""
-    algorithm = agent_class.algorithm
-    prog = f"python -m agents.{algorithm}"
-    overrides: dict[str, Any] = dict(agent_class.overrides)
+    prog = f"python -m agents.{agent_class.algorithm}"
     parser = Parser(
         prog=prog,
         usage=f"{prog} [options]",
@@ -135,7 +133,16 @@ def build_parser(agent_class: Any) -> argparse.ArgumentParser:
         ),
         formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=36),
     )
-    run = parser.add_argument_group("run")
+    overrides: dict[str, Any] = dict(agent_class.overrides)
+    _add_run_flags(parser.add_argument_group("run"), overrides)
+    _add_hyperparameter_flags(
+        parser.add_argument_group("hyperparameters (default: per environment, see docs/agents.md)"), overrides
+    )
+    return parser
+
+
+def _add_run_flags(run: argparse._ArgumentGroup, overrides: dict[str, Any]) -> None:
+    """What to run and where: environment, budget, run directories, resume and evaluation."""
     run.add_argument("--env", metavar="ID", help=_help("env", f"default: {DEFAULT_ENV}"))
     run.add_argument("--seed", type=_integer(0), metavar="N", help=_help("seed", f"default: {DEFAULT_SEED}"))
     run.add_argument(
@@ -175,28 +182,31 @@ def build_parser(agent_class: Any) -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     run.add_argument("--debug", action="store_true", help="show the Python traceback of an error (default: off)")
-    hyper = parser.add_argument_group("hyperparameters (default: per environment, see docs/agents.md)")
+
+
+def _add_hyperparameter_flags(hyper: argparse._ArgumentGroup, overrides: dict[str, Any]) -> None:
+    """One flag per field of :class:`TRPOConfig` that applies (NPG has no line-search flags)."""
     for field in dataclasses.fields(TRPOConfig):
         if field.name in _RUN_FIELDS or field.name in overrides:
             continue
         if overrides.get("line_search") is False and field.name in _LINE_SEARCH_FIELDS:
             continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = str(field.type)
-        help_text = _field_help(field.name, overrides)
-        if kind == "bool":
-            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif field.name in _CHOICES:
-            hyper.add_argument(flag, choices=_CHOICES[field.name], default=None, help=help_text)
-        elif kind in ("int", "float"):
-            hyper.add_argument(
-                flag, type=int if kind == "int" else float, metavar="N" if kind == "int" else "X", help=help_text
-            )
-        elif kind.startswith("tuple[int"):
-            hyper.add_argument(flag, type=int, nargs="+", metavar="N", help=help_text)
-        else:  # pragma: no cover - a new field type must be mapped above
-            raise TypeError(f"no command-line mapping for field {field.name} of type {kind}")
-    return parser
+        _add_field_flag(hyper, field.name, str(field.type), _field_help(field.name, overrides))
+
+
+def _add_field_flag(hyper: argparse._ArgumentGroup, name: str, kind: str, help_text: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    if kind == "bool":
+        hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif name in _CHOICES:
+        hyper.add_argument(flag, choices=_CHOICES[name], default=None, help=help_text)
+    elif kind in ("int", "float"):
+        metavar = "N" if kind == "int" else "X"
+        hyper.add_argument(flag, type=int if kind == "int" else float, metavar=metavar, help=help_text)
+    elif kind.startswith("tuple[int"):
+        hyper.add_argument(flag, type=int, nargs="+", metavar="N", help=help_text)
+    else:  # pragma: no cover - a new field type must be mapped above
+        raise TypeError(f"no command-line mapping for field {name} of type {kind}")
 
 
 def _description(agent_class: Any) -> str:
@@ -327,21 +337,7 @@ def start(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentP
 def resume(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``--resume``: continue a saved run to its target, or to the new ``--total-steps``."""
     _refuse_flags(args, parser, _RESUME_FLAGS, "--resume continues a run with its saved settings")
-    run_dir = args.resume
-    if run_dir.is_file() and run_dir.name == CHECKPOINT_NAME:
-        run_dir = run_dir.parent
-    if not run_dir.is_dir():
-        raise UsageError(
-            f"--resume {run_dir}: no such run directory; pass the directory of a run (runs/<name> by default)"
-        )
-    checkpoint = run_dir / CHECKPOINT_NAME
-    if not checkpoint.exists():
-        if (run_dir / CONFIG_NAME).exists():
-            raise UsageError(
-                f"--resume {run_dir}: the run has no checkpoint (it stopped before its first one); "
-                f"start it again with --run-dir {_quote(run_dir)} after deleting the directory, or with a new --run-dir"
-            )
-        raise UsageError(f"--resume {run_dir}: not a run directory (no {CHECKPOINT_NAME} in it)")
+    run_dir, checkpoint = _resumable(args.resume)
     saved = _read_config(run_dir)
     agent = _load(agent_class, checkpoint)
     try:
@@ -374,6 +370,25 @@ def resume(agent_class: Any, args: argparse.Namespace, parser: argparse.Argument
         raise
     print(f"run directory: {run_dir}", file=sys.stderr)
     return train(agent, run_dir, total_steps, args, parser)
+
+
+def _resumable(run_dir: Path) -> tuple[Path, Path]:
+    """The run directory and its checkpoint, or a one-line error saying what is missing."""
+    if run_dir.is_file() and run_dir.name == CHECKPOINT_NAME:
+        run_dir = run_dir.parent
+    if not run_dir.is_dir():
+        raise UsageError(
+            f"--resume {run_dir}: no such run directory; pass the directory of a run (runs/<name> by default)"
+        )
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        if (run_dir / CONFIG_NAME).exists():
+            raise UsageError(
+                f"--resume {run_dir}: the run has no checkpoint (it stopped before its first one); "
+                f"start it again with --run-dir {_quote(run_dir)} after deleting the directory, or with a new --run-dir"
+            )
+        raise UsageError(f"--resume {run_dir}: not a run directory (no {CHECKPOINT_NAME} in it)")
+    return run_dir, checkpoint
 
 
 def evaluate_only(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -429,8 +444,8 @@ def train(
         finally:
             with suppress(KeyboardInterrupt):
                 agent.close()
-    prog, algorithm, where = parser.prog, agent.algorithm, _quote(run_dir)
-    resume_command = f"python -m agents.{algorithm} --resume {where}"
+    prog, where = parser.prog, _quote(run_dir)
+    resume_command = f"python -m agents.{agent.algorithm} --resume {where}"
     if failure is not None:
         print(
             f"{prog}: error: training stopped by {type(failure).__name__}: {_one_line(failure)}; the last completed "
@@ -442,20 +457,24 @@ def train(
         print(line)
         return 0
     signum = stop.signum or signal.SIGINT
-    name = signal.Signals(signum).name
-    if not (run_dir / CHECKPOINT_NAME).exists():
-        message = f"stopped by {name} before the first checkpoint: nothing to resume; delete {where} and start again"
-    elif abandoned:
-        message = f"stopped by {name} mid-iteration; saved as of the iteration before; resume it with: {resume_command}"
-    elif agent.global_step >= total_steps:
-        message = (
-            f"stopped by {name} after the last iteration: training is complete and saved; "
-            f"evaluate it with: python -m agents.{algorithm} --eval {where}"
-        )
-    else:
-        message = f"stopped by {name} at step {agent.global_step:,}; the run is saved; resume it with: {resume_command}"
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {_stopped_message(agent, run_dir, total_steps, signum, abandoned)}", file=sys.stderr)
     return 128 + signum
+
+
+def _stopped_message(agent: Any, run_dir: Path, total_steps: int, signum: int, abandoned: bool) -> str:
+    """The one line printed when a signal stopped training: what is saved and the command that goes on."""
+    name, where = signal.Signals(signum).name, _quote(run_dir)
+    resume_command = f"python -m agents.{agent.algorithm} --resume {where}"
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        return f"stopped by {name} before the first checkpoint: nothing to resume; delete {where} and start again"
+    if abandoned:
+        return f"stopped by {name} mid-iteration; saved as of the iteration before; resume it with: {resume_command}"
+    if agent.global_step >= total_steps:
+        return (
+            f"stopped by {name} after the last iteration: training is complete and saved; "
+            f"evaluate it with: python -m agents.{agent.algorithm} --eval {where}"
+        )
+    return f"stopped by {name} at step {agent.global_step:,}; the run is saved; resume it with: {resume_command}"
 
 
 def _evaluate_and_record(agent: Any, run_dir: Path) -> str:

@@ -253,21 +253,18 @@ class TRPO:
                 (counting earlier calls and the steps of a loaded checkpoint): ``learn(N, False)``
                 trains until ``global_step >= N``, and does nothing if it already is. Unlike
                 Stable-Baselines3, :attr:`global_step` and the logs never restart from 0. Steps come
-                in whole iterations of ``num_envs × n_steps``, so the last iteration may go past the
-                target (100,352 steps for 100,000 with CartPole's 2 × 512).
-            run_dir: where logs (``progress.csv``, TensorBoard), periodic atomic checkpoints (every
-                ``checkpoint_interval`` iterations and at the end) and the learning curve are
-                written. A directory that already holds another run's checkpoint or log is refused
-                (``ValueError``); one this agent was loaded from or trained in continues its logs.
-            progress: show a progress bar counting the environment steps that will actually run.
+                in whole iterations of ``num_envs × n_steps`` (100,352 for 100,000 on CartPole).
+            run_dir: where logs, atomic checkpoints (every ``checkpoint_interval`` iterations and
+                at the end) and the learning curve go. A directory holding another run's checkpoint or
+                log is refused (``ValueError``); one this agent was loaded from continues its logs.
+            progress: show a progress bar of the environment steps that will actually run.
             callback: called with the agent after every iteration (after logging and any periodic
                 checkpoint); returning ``False`` stops training there (Stable-Baselines3's
                 convention; ``None`` and ``True`` continue). The checkpoint at the end is written
                 all the same, so the run continues from there with ``reset_num_timesteps=False``.
 
-        An exception raised during an iteration (``KeyboardInterrupt`` included) abandons it: with
-        ``run_dir`` the state after the last completed iteration is written as the checkpoint
-        before the exception propagates, so nothing is lost but the iteration in progress.
+        An exception during an iteration (``KeyboardInterrupt`` included) abandons only that one
+        (:meth:`_iterate`).
         """
         check_integer("total_steps", total_steps, 0)
         if not isinstance(reset_num_timesteps, bool):
@@ -278,12 +275,25 @@ class TRPO:
             return self  # nothing to do, and nothing is rewritten
         batch = self.config.batch_size
         end_step = self.global_step + -(-remaining // batch) * batch  # whole iterations
-        run_path = Path(run_dir) if run_dir is not None else None
-        if run_path is not None:
-            self._check_run_dir(run_path)
+        run_path = self._claim_run_dir(run_dir)
         logger = RunLogger(run_path, total_steps=end_step, start_step=self.global_step, progress=progress)
+        try:
+            self._iterate(target, run_path, logger, callback)
+        finally:
+            logger.close()
         if run_path is not None:
-            self._run_dirs.add(run_path.resolve())
+            title = f"{self.algorithm.upper()} {self.config.env}"
+            plot_learning_curve(run_path / CSV_NAME, run_path / PLOT_NAME, title)
+        return self
+
+    def _iterate(
+        self, target: int, run_path: Path | None, logger: RunLogger, callback: Callable[[TRPO], bool | None] | None
+    ) -> None:
+        """Iterations until ``target`` steps or the callback says stop, with periodic and final checkpoints.
+
+        On any exception (``KeyboardInterrupt`` included) the iteration in progress is abandoned and, with
+        a run directory, the state after the last completed one is written before the exception propagates.
+        """
         # the state after the last completed iteration while the checkpoint on disk is older, else None
         consistent: dict[str, Any] | None = None
         saved = False
@@ -291,8 +301,7 @@ class TRPO:
             if run_path is not None:
                 consistent = self._consistent_state()
             while self.global_step < target:
-                metrics = self.train_iteration()
-                logger.log(metrics)
+                logger.log(self.train_iteration())
                 saved = run_path is not None and self.iteration % self.config.checkpoint_interval == 0
                 if saved:
                     self.save(run_path / CHECKPOINT_NAME)
@@ -308,12 +317,15 @@ class TRPO:
             if consistent is not None:  # the iteration in progress is abandoned; the one before is kept
                 save_checkpoint(run_path / CHECKPOINT_NAME, consistent)
             raise
-        finally:
-            logger.close()
-        if run_path is not None:
-            title = f"{self.algorithm.upper()} {self.config.env}"
-            plot_learning_curve(run_path / CSV_NAME, run_path / PLOT_NAME, title)
-        return self
+
+    def _claim_run_dir(self, run_dir: str | Path | None) -> Path | None:
+        """``run_dir`` as a path this agent may write to (checked, then remembered as its own)."""
+        if run_dir is None:
+            return None
+        run_path = Path(run_dir)
+        self._check_run_dir(run_path)
+        self._run_dirs.add(run_path.resolve())
+        return run_path
 
     def _consistent_state(self) -> dict[str, Any]:
         """:meth:`state_dict` with every tensor and array copied: the agent's state at this moment, kept."""
