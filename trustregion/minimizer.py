@@ -127,10 +127,11 @@ class TrustRegionMinimizer(TrustRegionBase):
 
     def _observe(self, start: StartPoint) -> Any:
         """The control's state, updated with ``diag(A)`` when the step starts from a new point."""
-        state = self.control_state
-        if self.last_result is None or self.last_result.accepted:
+        state, saved = self.control_state, self.state[self._params()[0]]
+        if not saved.get("observed", False):  # kept in state_dict(), so a resumed run does not look again
             state = self.control.observe(state, lambda: start.operator.diagonal(start.gradient))
             self._set_control_state(state)
+            saved["observed"] = True
         return state
 
     def _shift(self, state: Any, start: StartPoint) -> float | Tensor:
@@ -167,6 +168,7 @@ class TrustRegionMinimizer(TrustRegionBase):
         self._set_control_state(self.control.update(state, ratio, details["step_norm"]))
         if accepted:
             add_step(params, saved, step, 1.0)
+            self.state[params[0]]["observed"] = False  # a new point for the control to observe
         too_little = Reason.STALLED if self.control.stalled(state) else Reason.INSUFFICIENT_DECREASE
         refused = trial_rejection(point.loss, point.constraint, too_little)
         return RadiusStepResult(
