@@ -17,6 +17,7 @@ Data objects the extension interfaces pass around (``SolverResult``, ``SearchPro
 ``Ball``, the control states) are importable from their modules.
 """
 
+from trustregion._base import PureClosure
 from trustregion.control import LevenbergMarquardt, RadiusControl, TrustRadius
 from trustregion.curvature import (
     Curvature,
@@ -39,6 +40,7 @@ from trustregion.outputs import (
     OutputFisher,
     SquaredError,
 )
+from trustregion.preconditioners import KFAC, Jacobi, Preconditioner
 from trustregion.result import KLStepResult, RadiusStepResult, Reason, StepResult
 from trustregion.search import BacktrackingLineSearch, LineSearch, NoLineSearch
 from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, SteihaugCG
@@ -46,6 +48,7 @@ from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, Steihaug
 __version__ = "0.1.0"
 
 __all__ = [
+    "KFAC",
     "BacktrackingLineSearch",
     "BernoulliFisher",
     "CategoricalFisher",
@@ -56,6 +59,7 @@ __all__ = [
     "DiagonalGaussianFisher",
     "GaussNewton",
     "Hessian",
+    "Jacobi",
     "KLHessian",
     "KLStepResult",
     "LevenbergMarquardt",
@@ -64,6 +68,8 @@ __all__ = [
     "MultiCategoricalFisher",
     "NoLineSearch",
     "OutputFisher",
+    "Preconditioner",
+    "PureClosure",
     "RadiusControl",
     "RadiusStepResult",
     "Reason",

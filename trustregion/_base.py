@@ -43,6 +43,48 @@ class StartPoint:
     """``A``, reduced; ``None`` when the step was rejected before it was built."""
     constraint: float | None = None
     """The closure's constraint at ``θ_old`` (reduced), ``None`` for a loss-only closure."""
+    closure_calls: int = 1
+    """Closure calls this start cost: 0 when a :class:`PureClosure`'s earlier evaluation was reused."""
+
+
+class PureClosure:
+    """A closure declared a pure function of the parameters: equal parameters give an equal loss.
+
+    :class:`~trustregion.TrustRegionMinimizer` then reuses evaluations across steps when it is
+    stepped with the same ``PureClosure`` object and the parameters are bit for bit where it left
+    them: an accepted trial point's loss (and its autograd graph) is the next step's start, and a
+    refused step's start (loss and gradient) is the next step's too, so that a step costs one
+    closure call, as in MINPACK's ``lmder``. :func:`~trustregion.run` wraps its closure in one
+    (``pure=False`` turns that off for closures that draw a new batch or count their calls).
+    """
+
+    def __init__(self, closure: Callable[[], Tensor | tuple[Tensor, Tensor]]) -> None:
+        self.closure = check_callable("closure", closure, "closure() -> loss or (loss, constraint)")
+
+    def __call__(self) -> Tensor | tuple[Tensor, Tensor]:
+        return self.closure()
+
+
+@dataclass
+class KeptPoint:
+    """What a step leaves for the next one to reuse: the point, and its closure output or its start."""
+
+    closure: PureClosure
+    params: list[Tensor]
+    """Copies of the parameters the evaluation belongs to."""
+    versions: list[int]
+    output: object | None = None
+    """The closure's output there with its graph (an accepted trial point), else ``None``."""
+    start: StartPoint | None = None
+    """The start of a refused step (its graph is stale: the trial moved the parameters in place)."""
+
+    def matches(self, closure: object, params: list[Tensor]) -> bool:
+        """Whether ``closure`` is the same pure closure and ``params`` hold the same values."""
+        return closure is self.closure and all(torch.equal(p, q) for p, q in zip(params, self.params, strict=True))
+
+    def graph_intact(self, params: list[Tensor]) -> bool:
+        """Whether no in-place write touched the parameters since the output was computed."""
+        return all(p._version == version for p, version in zip(params, self.versions, strict=True))
 
 
 class TrustRegionBase(torch.optim.Optimizer):
@@ -122,10 +164,19 @@ class TrustRegionBase(torch.optim.Optimizer):
     def _start(self, params: list[Tensor], closure: Closure, curvature: Curvature) -> StartPoint | StepResult:
         """Phase 1 at ``θ_old``: loss, gradient and operator, or the rejection that stops the step there.
 
-        Every autograd graph lives inside this call (and the operator's closures) only.
+        Every autograd graph lives inside this call (and the operator's closures) only, except
+        for what a :class:`PureClosure` step keeps for the next (:class:`KeptPoint`).
         """
+        kept, self.kept_point = getattr(self, "kept_point", None), None
+        self.start_calls = 1
+        if kept is not None and kept.matches(closure, params):
+            if kept.start is not None:
+                return self._restart(params, closure, curvature, kept.start)
+            if kept.graph_intact(params):
+                self.start_calls = 0
         with torch.enable_grad():
-            loss, constraint = unpack(closure(), first_call=True)
+            output = closure() if self.start_calls else kept.output
+            loss, constraint = unpack(output, first_call=True)
         loss_value, constraint_value = self._scalars(loss, constraint)
         self._check_start(constraint, constraint_value)
         if not math.isfinite(loss_value):
@@ -137,11 +188,24 @@ class TrustRegionBase(torch.optim.Optimizer):
         gradient_norm = torch.linalg.vector_norm(gradient).item()
         if not math.isfinite(gradient_norm):
             return self._rejected(Reason.NONFINITE_GRADIENT, loss_value)
-        start = StartPoint(loss_value, gradient, gradient_norm, None, constraint_value)
+        start = StartPoint(loss_value, gradient, gradient_norm, None, constraint_value, self.start_calls)
         if gradient_norm == 0.0 and not self._steps_at_zero_gradient():
             return self._rejected(Reason.ZERO_GRADIENT, loss_value, gradient_norm=0.0)
         with torch.enable_grad():
             operator = curvature.build(StepProblem(params, loss, constraint, loss_gradient, closure))
+        start.operator = in_working_precision(operator.map(self.reduce), params[0].dtype)
+        return start
+
+    def _restart(self, params: list[Tensor], closure: Closure, curvature: Curvature, kept: StartPoint) -> StartPoint:
+        """The start of a refused step again: its loss and gradient, and the operator built anew.
+
+        The closure runs again only if the curvature asks for the loss's graph (:class:`Recalled`).
+        """
+        problem = Recalled(params, closure, curvature.needs_loss_graph)
+        with torch.enable_grad():
+            operator = curvature.build(problem)
+        self.start_calls = problem.calls
+        start = StartPoint(kept.loss, kept.gradient, kept.gradient_norm, None, kept.constraint, problem.calls)
         start.operator = in_working_precision(operator.map(self.reduce), params[0].dtype)
         return start
 
@@ -192,8 +256,9 @@ class TrustRegionBase(torch.optim.Optimizer):
         return reduced[0], (reduced[1] if constraint is not None else None)
 
     def _rejected(self, reason: Reason, loss_value: float, **details: Any) -> StepResult:
+        calls = getattr(self, "start_calls", 1)
         return self.result_type(
-            accepted=False, reason=reason, loss_before=loss_value, loss_after=loss_value, closure_calls=1, **details
+            accepted=False, reason=reason, loss_before=loss_value, loss_after=loss_value, closure_calls=calls, **details
         )
 
     def _record(self, result: StepResult) -> None:
@@ -201,6 +266,30 @@ class TrustRegionBase(torch.optim.Optimizer):
         state["step"] = state.get("step", 0) + 1
         state["rejected_steps"] = state.get("rejected_steps", 0) + (not result.accepted)
         self.last_result = result
+
+
+class Recalled(StepProblem):
+    """The :class:`StepProblem` of a refused step's point, its closure evaluated only when asked for.
+
+    ``params`` and ``closure`` are at hand; reading ``loss``, ``constraint`` or ``loss_gradient``
+    runs the closure once (``calls`` counts it). A Gauss-Newton curvature reads none of them.
+    """
+
+    def __init__(self, params: list[Tensor], closure: Closure, create_graph: bool) -> None:
+        self.params, self.closure = params, closure
+        self.calls, self._create_graph, self._values = 0, create_graph, None
+
+    def _evaluated(self) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        if self._values is None:
+            with torch.enable_grad():
+                loss, constraint = unpack(self.closure(), first_call=True)
+                self._values = (loss, constraint, _loss_gradient(loss, self.params, self._create_graph))
+            self.calls += 1
+        return self._values
+
+    loss = property(lambda self: self._evaluated()[0])
+    constraint = property(lambda self: self._evaluated()[1])
+    loss_gradient = property(lambda self: self._evaluated()[2])
 
 
 def unpack(output: object, *, first_call: bool) -> tuple[Tensor, Tensor | None]:
@@ -251,7 +340,7 @@ def in_working_precision(operator: LinearOperator, dtype: torch.dtype) -> Linear
             return torch.zeros_like(vector)
         return operator((vector / norm).to(dtype)).to(vector.dtype) * norm
 
-    return LinearOperator(product, operator.dim, positive_semidefinite=operator.positive_semidefinite)
+    return operator.in_dtype(product)
 
 
 def _loss_gradient(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tensor]:

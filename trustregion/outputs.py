@@ -34,6 +34,16 @@ class OutputFisher(abc.ABC):
         first dimension is the batch of ``N`` inputs.
         """
 
+    def square_root(self, outputs: object) -> object:
+        """Columns ``C_1 … C_K`` with ``(1/N) M(z) = Σ_k C_k C_kᵀ``, one factor per input.
+
+        Returned in the structure of ``outputs`` with a leading dimension ``K`` on every tensor:
+        backpropagating them gives the exact diagonal of ``Jᵀ M J`` and its Kronecker factors
+        (:class:`~trustregion.Jacobi`, :class:`~trustregion.KFAC`). A Fisher without a square root
+        raises ``NotImplementedError``, and those preconditioners fall back or say so.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no square_root(outputs)")
+
 
 class CategoricalFisher(OutputFisher):
     """Softmax over logits ``z``: ``M = diag(p) - p pᵀ`` with ``p = softmax(z)``.
@@ -51,6 +61,14 @@ class CategoricalFisher(OutputFisher):
             return probs * (tangent - (probs_unscaled * tangent).sum(-1, keepdim=True))
 
         return product
+
+    def square_root(self, outputs: object) -> Tensor:
+        # diag(p) - ppᵀ = B Bᵀ with column k of B equal to sqrt(p_k) (e_k - p)
+        logits = _single_tensor(outputs, "CategoricalFisher").detach()
+        probs = torch.softmax(logits, dim=-1)
+        eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+        columns = eye.unsqueeze(1) - probs.unsqueeze(0)  # (K, N, K)
+        return columns * (probs / logits.shape[0]).sqrt().movedim(-1, 0).unsqueeze(-1)
 
 
 class MultiCategoricalFisher(OutputFisher):
@@ -78,6 +96,16 @@ class MultiCategoricalFisher(OutputFisher):
 
         return product
 
+    def square_root(self, outputs: object) -> Tensor:
+        logits = _single_tensor(outputs, "MultiCategoricalFisher")
+        columns = logits.new_zeros((logits.shape[-1], *logits.shape))
+        start = 0
+        for size, chunk in zip(self.sizes, torch.split(logits, self.sizes, dim=-1), strict=True):
+            block = slice(start, start + size)
+            columns[block, ..., block] = CategoricalFisher().square_root(chunk)
+            start += size
+        return columns
+
 
 class BernoulliFisher(OutputFisher):
     """Independent Bernoulli variables with logits ``z``: ``M = diag(p (1 - p))``."""
@@ -87,6 +115,11 @@ class BernoulliFisher(OutputFisher):
         probs = torch.sigmoid(logits.detach())
         weight = probs * (1 - probs) / logits.shape[0]
         return lambda tangent: weight * tangent
+
+    def square_root(self, outputs: object) -> Tensor:
+        logits = _single_tensor(outputs, "BernoulliFisher").detach()
+        probs = torch.sigmoid(logits)
+        return _diagonal_columns((probs * (1 - probs) / logits.shape[0]).sqrt())
 
 
 class DiagonalGaussianFisher(OutputFisher):
@@ -114,6 +147,18 @@ class DiagonalGaussianFisher(OutputFisher):
 
         return product
 
+    def square_root(self, outputs: object) -> tuple[Tensor, Tensor]:
+        self.bind(outputs)  # the same checks
+        mean, log_std = (t.detach() for t in outputs)
+        rows = log_std.shape[0] if log_std.dim() == mean.dim() else 1
+        mean_columns = _diagonal_columns(torch.exp(-log_std).expand_as(mean) / mean.shape[0] ** 0.5)
+        log_std_columns = _diagonal_columns(torch.full_like(log_std, (2.0 / rows) ** 0.5))
+        # the factor is block-diagonal: mean columns first, then log-std columns, zeros elsewhere
+        return (
+            torch.cat([mean_columns, mean.new_zeros((log_std_columns.shape[0], *mean.shape))]),
+            torch.cat([log_std.new_zeros((mean_columns.shape[0], *log_std.shape)), log_std_columns]),
+        )
+
 
 class SquaredError(OutputFisher):
     """``M = c I``: the output-space curvature of the squared error ``½ c ‖z - y‖²``.
@@ -135,6 +180,13 @@ class SquaredError(OutputFisher):
         scale = self.scale
         return lambda tangent: tree_map(lambda t: scale * t, tangent)
 
+    def square_root(self, outputs: object) -> Tensor:
+        if not isinstance(outputs, Tensor):
+            raise NotImplementedError("SquaredError.square_root needs the model to output one tensor")
+        rows = outputs.reshape(outputs.shape[0], -1) if outputs.dim() > 1 else outputs.reshape(-1, 1)
+        columns = _diagonal_columns(torch.full_like(rows.detach(), self.scale**0.5))
+        return columns.reshape(columns.shape[0], *outputs.shape)
+
     def __repr__(self) -> str:
         return f"SquaredError(scale={self.scale})"
 
@@ -145,3 +197,10 @@ def _single_tensor(outputs: object, name: str) -> Tensor:
     if outputs.dim() < 2:
         raise ValueError(f"{name} needs logits of shape (N, K) with a batch dimension; got {tuple(outputs.shape)}")
     return outputs
+
+
+def _diagonal_columns(weights: Tensor) -> Tensor:
+    """The columns of ``diag(w)`` per input: ``C_k = w_k e_k`` for every row, shape ``(K, *w.shape)``."""
+    size = weights.shape[-1]
+    eye = torch.eye(size, dtype=weights.dtype, device=weights.device)
+    return eye.view(size, *([1] * (weights.dim() - 1)), size) * weights.unsqueeze(0)

@@ -31,6 +31,8 @@ class SolverReason(enum.Enum):
     """The right-hand side ``g`` was exactly zero; ``s = 0``."""
     DIRECT = "direct"
     """A dense (direct) factorisation was used."""
+    INDEFINITE_PRECONDITIONER = "indefinite_preconditioner"
+    """The preconditioned inner product ``rᵀP⁻¹r`` was not positive: ``P`` is not positive definite."""
 
 
 _MESSAGES = {
@@ -106,6 +108,9 @@ class SolverResult:
     relative_residual: float
     curvature: float
     gradient_dot: float
+    region_norm: float = math.nan
+    """The step's norm in the region the solver kept it in, when that is not the region's own
+    metric (a preconditioned :class:`~trustregion.SteihaugCG` measures ``‖s‖_P``); else NaN."""
 
     @property
     def usable(self) -> bool:
@@ -173,7 +178,8 @@ class RadiusStepResult(StepResult):
     """A radius-controlled step: ``Δθ = s`` inside the region, taken or not on ``ρ``.
 
     ``expected_improvement`` is the quadratic model's predicted reduction
-    ``gᵀs - ½ sᵀAs``; :attr:`improvement_ratio` is the ``ρ`` that drives the control.
+    ``gᵀs - ½ sᵀAs``; :attr:`improvement_ratio` is the ``ρ`` that drove the control,
+    with the rounding allowance ``rounding`` added to both reductions.
     ``step_norm`` is ``‖s‖`` in the region's metric, ``damping`` the ``μ`` the solver
     saw, and ``min_curvature`` the Lanczos estimate of ``λ_min(A)`` when the
     curvature was probed at a stationary point (``nan`` otherwise).
@@ -183,3 +189,26 @@ class RadiusStepResult(StepResult):
     damping: float = 0.0
     step_norm: float = math.nan
     min_curvature: float = math.nan
+    rounding: float = 0.0
+
+    @property
+    def improvement_ratio(self) -> float:
+        """``ρ = (actual + r) / (expected + r)`` with ``r`` = :attr:`rounding`: the ratio the control judged.
+
+        ``-inf`` for a trial point whose loss was not finite or a prediction that was not positive
+        (the control refuses those); ``nan`` when no point was tried.
+        """
+        if math.isnan(self.expected_improvement):
+            return math.nan
+        return adjusted_ratio(self.actual_improvement, self.expected_improvement, self.rounding)
+
+
+def adjusted_ratio(actual: float, predicted: float, rounding: float) -> float:
+    """``ρ = (actual + r) / (predicted + r)``; ``-inf`` unless both are finite and ``predicted > 0``.
+
+    ``r`` is the rounding level of the loss: once both reductions are at that level their ratio
+    is noise, and ``r`` pulls it to 1 (Conn, Gould & Toint, *Trust-Region Methods*, 2000, sec. 17.4).
+    """
+    if not (math.isfinite(actual) and math.isfinite(predicted)) or predicted <= 0:
+        return -math.inf
+    return (actual + rounding) / (predicted + rounding)

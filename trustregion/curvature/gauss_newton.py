@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from trustregion._validation import check_callable, check_instance
 from trustregion._vectors import flatten, split_like
 from trustregion.curvature.base import Curvature, StepProblem
-from trustregion.curvature.layerwise import Input, LayerwiseLinearisation, trace
+from trustregion.curvature.layerwise import ColumnStatistics, Input, LayerwiseLinearisation, trace
 from trustregion.operator import LinearOperator
 from trustregion.outputs import OutputFisher
 
@@ -112,12 +112,20 @@ class GaussNewton(Curvature):
 
     def build(self, problem: StepProblem) -> LinearOperator:
         params = list(problem.params)
+        return self.operator(self.linearise(params), params)
+
+    def linearise(self, params: list[Tensor]) -> LayerwiseLinearisation | _Linearisation:
+        """The outputs at ``params`` and what ``J v`` and ``Jᵀw`` need (``jacobian_product``, ``transpose_product``)."""
         self._check_params(params)
         linearisation = self._layerwise_linearisation(params)
         if linearisation is None:
             leaves = [p.detach().requires_grad_() for p in params]
             with torch.enable_grad():
                 linearisation = _Linearisation(self.outputs(*leaves), leaves)
+        return linearisation
+
+    def operator(self, linearisation: LayerwiseLinearisation | _Linearisation, params: list[Tensor]) -> LinearOperator:
+        """``v -> Jᵀ M J v`` through ``linearisation`` (from :meth:`linearise` at ``params``)."""
         output_fisher = self.fisher.bind(tree_map(torch.detach, linearisation.outputs))
 
         def gauss_newton_product(vector: Tensor) -> Tensor:
@@ -125,7 +133,14 @@ class GaussNewton(Curvature):
             return linearisation.transpose_product(output_fisher(tangent))
 
         dim = sum(p.numel() for p in params)
-        return LinearOperator(gauss_newton_product, dim, positive_semidefinite=True)
+        statistics = _statistics_once(linearisation, self.fisher)
+        return LinearOperator(
+            gauss_newton_product,
+            dim,
+            positive_semidefinite=True,
+            exact_diagonal=lambda: _then(statistics(), ColumnStatistics.diagonal),
+            kronecker_factors=lambda: _then(statistics(), ColumnStatistics.kronecker_factors),
+        )
 
     def _layerwise_linearisation(self, params: list[Tensor]) -> LayerwiseLinearisation | None:
         if self._traced is None:
@@ -148,6 +163,32 @@ class GaussNewton(Curvature):
 
     def __repr__(self) -> str:
         return f"GaussNewton({self.fisher!r})"
+
+
+def _statistics_once(linearisation: object, fisher: OutputFisher) -> Callable[[], ColumnStatistics | None]:
+    """The column statistics of a layer-wise linearisation, computed on first use; ``None`` on the autograd path."""
+    cache: list[ColumnStatistics | None] = []
+
+    def statistics() -> ColumnStatistics | None:
+        if not cache:
+            cache.append(_column_statistics(linearisation, fisher))
+        return cache[0]
+
+    return statistics
+
+
+def _column_statistics(linearisation: object, fisher: OutputFisher) -> ColumnStatistics | None:
+    if not isinstance(linearisation, LayerwiseLinearisation):
+        return None
+    try:
+        columns = fisher.square_root(linearisation.outputs)
+    except NotImplementedError:
+        return None
+    return linearisation.column_statistics(columns)
+
+
+def _then(value: object, method: Callable) -> object:
+    return None if value is None else method(value)
 
 
 class _ModuleOutputs:

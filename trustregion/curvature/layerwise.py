@@ -34,6 +34,7 @@ from torch import Tensor, fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from trustregion._vectors import flatten
+from trustregion.operator import KroneckerFactors, KroneckerLayer
 
 _ACTIVATION_FUNCTIONS = {torch.tanh: "tanh", torch.relu: "relu", F.relu: "relu"}
 _ACTIVATION_MODULES = {nn.Tanh: "tanh", nn.ReLU: "relu"}
@@ -236,36 +237,114 @@ class LayerwiseLinearisation:
 
     def transpose_product(self, cotangent: object) -> Tensor:
         """``Jᵀw`` as one flat vector, for ``w`` in the structure of the outputs."""
+        grads: list[Tensor | None] = [None] * len(self._params)
+
+        def linear_layer(step: _Linear, here: Tensor) -> None:
+            x = self._layer_inputs[step.node]
+            rows, x_rows = here.reshape(-1, here.shape[-1]), x.reshape(-1, x.shape[-1])
+            _accumulate(grads, step.weight, rows.t() @ x_rows)
+            if step.bias is not None:
+                _accumulate(grads, step.bias, rows.sum(0))
+
+        def parameter(step: _Parameter, here: Tensor) -> None:
+            _accumulate(grads, step.index, here.sum_to_size(self._params[step.index].shape))
+
+        self._backward(cotangent, linear_layer, parameter)
+        return flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, self._params, strict=True)])
+
+    def column_statistics(self, columns: object) -> ColumnStatistics | None:
+        """Backpropagate ``K`` cotangents at once (a leading dimension ``K`` on each output tensor).
+
+        With the columns of the output Fisher's square root (:meth:`OutputFisher.square_root`) this
+        gives, per linear layer, its input rows ``x`` and the backpropagated vectors ``g`` (shape
+        ``(K, N, out)``), from which the exact diagonal of ``Jᵀ M J`` and the K-FAC factors follow;
+        and the exact diagonal for parameters used directly. ``None`` when the per-input structure
+        those need is missing: a parameter used in two places, or a layer input that is not ``(N, in)``.
+        """
+        uses = self._parameter_uses()
+        if len(uses) != len(set(uses)) or any(x.dim() != 2 for x in self._layer_inputs.values()):
+            return None
+        layers: list[tuple[_Linear, Tensor, Tensor]] = []
+        diagonals: dict[int, Tensor] = {}
+
+        def linear_layer(step: _Linear, here: Tensor) -> None:
+            layers.append((step, self._layer_inputs[step.node], here))
+
+        def parameter(step: _Parameter, here: Tensor) -> None:
+            diagonals[step.index] = here.square().sum_to_size(self._params[step.index].shape)
+
+        self._backward(columns, linear_layer, parameter)
+        return ColumnStatistics(self._params, layers, diagonals)
+
+    def _parameter_uses(self) -> list[int]:
+        """The parameter index of every use: as a layer's weight or bias, or read directly elsewhere."""
+        layers = {step.node: step for step in self._steps if isinstance(step, _Linear)}
+        uses: list[int] = []
+        for step in self._steps:
+            if isinstance(step, _Linear):
+                uses += [step.weight] if step.bias is None else [step.weight, step.bias]
+            elif isinstance(step, _Parameter) and any(  # a read only as an F.linear's weight/bias counts there
+                user not in layers or layers[user].source is step.node for user in step.node.users
+            ):
+                uses.append(step.index)
+        return uses
+
+    def _backward(self, cotangent: object, linear_layer, parameter) -> None:
+        """The backward pass through the stored activations, calling the visitors at layers and parameters."""
         flat_cotangent, _ = tree_flatten(cotangent)
         pending: dict[fx.Node, Tensor] = {}
         owned: set[fx.Node] = set()  # pending cotangents computed here, free to overwrite
         for node, value in zip(self._output_nodes, flat_cotangent, strict=True):
             if node in self._depends:
                 _send(pending, owned, node, value, fresh=False)
-        grads: list[Tensor | None] = [None] * len(self._params)
         for step in reversed(self._steps):
             here = pending.pop(step.node, None)
             if here is None:
                 continue
             if isinstance(step, _Parameter):
-                _accumulate(grads, step.index, here.sum_to_size(self._params[step.index].shape))
+                parameter(step, here)
             elif isinstance(step, _Linear):
-                self._linear_transpose(step, here, grads, pending, owned)
+                linear_layer(step, here)
+                if step.source in self._depends:
+                    _send(pending, owned, step.source, here @ self._params[step.weight])
             else:
                 slope = self._slopes[step.node]
                 _send(pending, owned, step.source, here.mul_(slope) if step.node in owned else here * slope)
-        return flatten([torch.zeros_like(p) if g is None else g for g, p in zip(grads, self._params, strict=True)])
 
-    def _linear_transpose(
-        self, step: _Linear, cotangent: Tensor, grads: list[Tensor | None], pending: dict, owned: set
-    ) -> None:
-        x = self._layer_inputs[step.node]
-        rows, x_rows = cotangent.reshape(-1, cotangent.shape[-1]), x.reshape(-1, x.shape[-1])
-        _accumulate(grads, step.weight, rows.t() @ x_rows)
-        if step.bias is not None:
-            _accumulate(grads, step.bias, rows.sum(0))
-        if step.source in self._depends:
-            _send(pending, owned, step.source, cotangent @ self._params[step.weight])
+
+class ColumnStatistics:
+    """Per-layer inputs and backpropagated columns (:meth:`LayerwiseLinearisation.column_statistics`)."""
+
+    def __init__(self, params: list[Tensor], layers: list, diagonals: dict[int, Tensor]) -> None:
+        self._params, self._layers, self._diagonals = params, layers, diagonals
+        sizes = [p.numel() for p in params]
+        self._offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def _slice(self, index: int) -> slice:
+        return slice(self._offsets[index], self._offsets[index + 1])
+
+    def diagonal(self) -> Tensor:
+        """The exact ``diag(Jᵀ M J)``: per-input squares, ``Σ_{k,i} (g_{ki}²)ᵀ (x_i²)`` for a weight."""
+        parts = [torch.zeros_like(p) for p in self._params]
+        for step, x, g in self._layers:
+            squares = g.square().sum(0)
+            parts[step.weight] += squares.t() @ x.square()
+            if step.bias is not None:
+                parts[step.bias] += squares.sum(0)
+        for index, diagonal in self._diagonals.items():
+            parts[index] += diagonal
+        return flatten(parts)
+
+    def kronecker_factors(self) -> KroneckerFactors:
+        """Each layer's ``Ā = (1/N) Σ x̄ x̄ᵀ`` and ``G = Σ g gᵀ``; the exact diagonal for the rest."""
+        layers = []
+        for step, x, g in self._layers:
+            if step.bias is not None:
+                x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+            rows = g.reshape(-1, g.shape[-1])
+            bias = None if step.bias is None else self._slice(step.bias)
+            layers.append(KroneckerLayer(self._slice(step.weight), bias, x.t() @ x / x.shape[0], rows.t() @ rows))
+        return KroneckerFactors(tuple(layers), self.diagonal())
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from trustregion.operator import LinearOperator
+from trustregion.preconditioners import Preconditioner, PreconditionerLike
 from trustregion.result import SolverReason, SolverResult
 
 Metric = Literal["euclidean", "operator"]
@@ -80,6 +81,16 @@ class Solver(abc.ABC):
         return self(operator, rhs)
 
 
+def check_preconditioner(preconditioner: object) -> PreconditionerLike | None:
+    """A solver's ``preconditioner=`` argument, refused in one line unless it is one."""
+    if preconditioner is None or isinstance(preconditioner, Preconditioner) or callable(preconditioner):
+        return preconditioner
+    raise TypeError(
+        f"preconditioner must be a Preconditioner (Jacobi(), KFAC()) or a callable r -> P⁻¹ r "
+        f"(got {type(preconditioner).__name__})"
+    )
+
+
 def solver_result(
     solution: Tensor,
     rhs: Tensor,
@@ -87,6 +98,7 @@ def solver_result(
     reason: SolverReason,
     iterations: int,
     rhs_norm: float,
+    region_norm: float = math.nan,
 ) -> SolverResult:
     """The :class:`SolverResult` of ``solution`` from its residual ``r = rhs - A·solution``.
 
@@ -105,4 +117,5 @@ def solver_result(
         relative_residual=residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
         curvature=curvature_value,
         gradient_dot=gradient_dot_value,
+        region_norm=region_norm,
     )

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from trustregion._validation import check_callable, check_integer, check_nonnegative
+from trustregion._validation import check_integer, check_nonnegative
 from trustregion.operator import LinearOperator
+from trustregion.preconditioners import PreconditionerLike, preconditioning
 from trustregion.result import SolverReason, SolverResult
-from trustregion.solvers.base import Solver, solver_result
-
-Preconditioner = Callable[[Tensor], Tensor]
+from trustregion.solvers.base import Solver, check_preconditioner, solver_result
 
 
 class ConjugateGradient(Solver):
@@ -44,29 +42,32 @@ class ConjugateGradient(Solver):
     Args:
         max_iter: the cap on products (>= 1).
         tol: relative residual tolerance (>= 0).
-        preconditioner: ``r -> P⁻¹ r`` for an SPD ``P ≈ A`` (e.g. a diagonal).
+        preconditioner: a :class:`~trustregion.Preconditioner` built once per solve
+            (:class:`~trustregion.Jacobi`, :class:`~trustregion.KFAC`), or a fixed map
+            ``r -> P⁻¹ r`` for an SPD ``P ≈ A``. A non-positive ``rᵀP⁻¹r`` stops the solve
+            with ``INDEFINITE_PRECONDITIONER``.
     """
 
-    def __init__(self, max_iter: int = 10, tol: float = 1e-10, preconditioner: Preconditioner | None = None) -> None:
+    def __init__(
+        self, max_iter: int = 10, tol: float = 1e-10, preconditioner: PreconditionerLike | None = None
+    ) -> None:
         self.max_iter = check_integer("max_iter", max_iter, 1, "TRPO uses 10")
         self.tol = check_nonnegative("tol", tol)
-        if preconditioner is not None:
-            check_callable("preconditioner", preconditioner, "r -> P⁻¹ r")
-        self.preconditioner = preconditioner
+        self.preconditioner = check_preconditioner(preconditioner)
 
     def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
-        precondition = self.preconditioner or (lambda r: r)
         solution = torch.zeros_like(rhs)
         residual = rhs.clone()
         rhs_norm = torch.linalg.vector_norm(rhs).item()
         if rhs_norm == 0.0:
             return solver_result(solution, rhs, residual, SolverReason.ZERO_RHS, 0, rhs_norm)
+        precondition = preconditioning(self.preconditioner, operator, rhs) or (lambda r: r)
         preconditioned = precondition(residual)
         direction = preconditioned.clone()
         residual_dot = residual @ preconditioned
-        reason = SolverReason.MAX_ITERATIONS
+        reason = _preconditioned_reason(residual_dot.item()) if self.preconditioner is not None else None
         iterations = 0
-        while iterations < self.max_iter:
+        while reason is None and iterations < self.max_iter:
             product = operator(direction)
             curvature = direction @ product
             curvature_value, residual_dot_value = torch.stack([curvature, residual_dot]).tolist()
@@ -85,9 +86,18 @@ class ConjugateGradient(Solver):
                 break
             preconditioned = precondition(residual)
             new_residual_dot = residual @ preconditioned
+            if self.preconditioner is not None and (reason := _preconditioned_reason(new_residual_dot.item())):
+                break
             direction = preconditioned + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
-        return solver_result(solution, rhs, residual, reason, iterations, rhs_norm)
+        return solver_result(solution, rhs, residual, reason or SolverReason.MAX_ITERATIONS, iterations, rhs_norm)
 
     def __repr__(self) -> str:
-        return f"ConjugateGradient(max_iter={self.max_iter}, tol={self.tol:g})"
+        return f"ConjugateGradient(max_iter={self.max_iter}, tol={self.tol:g}, preconditioner={self.preconditioner!r})"
+
+
+def _preconditioned_reason(residual_dot: float) -> SolverReason | None:
+    """Why a preconditioned solve must stop at ``rᵀP⁻¹r``: non-finite, or not positive (``P`` indefinite)."""
+    if not math.isfinite(residual_dot):
+        return SolverReason.NONFINITE
+    return SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None

@@ -25,9 +25,13 @@ from trustregion.solvers.lanczos import Eigenpair, smallest_eigenpair
 def pull_back(solve: SolverResult, region: Ball) -> tuple[SolverResult, float]:
     """Scale a step that left ``region`` back onto its boundary; return it and its norm in the metric.
 
-    Scaling ``s`` by ``c`` scales ``gᵀs`` by ``c`` and ``sᵀAs`` by ``c²``: no product is needed.
+    Scaling ``s`` by ``c`` scales ``gᵀs`` by ``c`` and ``sᵀAs`` by ``c²``: no product is needed. A
+    solver that measured its own region (a preconditioned Steihaug solve, in ``‖s‖_P``) reports
+    the norm it kept in :attr:`~trustregion.result.SolverResult.region_norm`, which is used instead.
     """
-    norm = region.norm(solve.direction, solve.curvature)
+    norm = solve.region_norm
+    if math.isnan(norm):
+        norm = region.norm(solve.direction, solve.curvature)
     if norm <= region.radius:
         return solve, norm
     factor = region.radius / norm
@@ -36,6 +40,7 @@ def pull_back(solve: SolverResult, region: Ball) -> tuple[SolverResult, float]:
         direction=factor * solve.direction,
         curvature=factor * factor * solve.curvature,
         gradient_dot=factor * solve.gradient_dot,
+        region_norm=solve.region_norm * factor,
     )
     return scaled, region.radius
 
