@@ -38,6 +38,7 @@ from trustregion import (
     MultiCategoricalFisher,
     SquaredError,
     SteihaugCG,
+    TrustRadius,
     TrustRegionMinimizer,
 )
 from trustregion.curvature.base import StepProblem
@@ -357,3 +358,19 @@ def test_a_damped_curvature_passes_its_damping_to_kfac() -> None:
     apply = KFAC().build(operator, torch.zeros(operator.dim, dtype=DTYPE))
     residual = random_vector(operator.dim, torch.Generator().manual_seed(12))
     torch.testing.assert_close(apply(residual), torch.linalg.solve(dense_kfac(operator, 0.25), residual))
+
+
+def test_a_preconditioned_minimizer_step_is_measured_in_the_preconditioner_norm() -> None:
+    """``P = H`` on a badly scaled quadratic: the Newton step lies inside ``‖s‖_P <= Δ`` but far outside the
+    Euclidean ball, so it is taken whole (the minimum in one step), and ``step_norm`` is its ``P``-norm."""
+    curvatures = torch.tensor([100.0, 1.0, 0.01], dtype=DTYPE)
+    newton = torch.tensor([0.01, 1.0, 50.0], dtype=DTYPE)
+    point = torch.zeros(3, dtype=DTYPE, requires_grad=True)
+    solver = SteihaugCG(max_iter=10, tol=1e-12, preconditioner=lambda r: r / curvatures)
+    optimizer = TrustRegionMinimizer([point], solver=solver, control=TrustRadius(initial_radius=10.0))
+    optimizer.step(lambda: 0.5 * (curvatures * (point - newton) ** 2).sum())
+    result = optimizer.last_result
+    assert result.accepted
+    torch.testing.assert_close(point.detach(), newton, rtol=1e-10, atol=1e-12)
+    p_norm = (newton * curvatures * newton).sum().sqrt().item()
+    assert result.step_norm == pytest.approx(p_norm, rel=1e-10)
