@@ -37,11 +37,13 @@ from agents.common.config import (
     DTYPES,
     ENV_DEFAULTS,
     KL_ESTIMATORS,
+    PRECONDITIONERS,
     VECTORIZATION_MODES,
     TRPOConfig,
     default_total_steps,
     env_defaults,
 )
+from agents.common.distributed import DistributedError, release_process_group
 from agents.common.envs import NonFiniteDataError
 from agents.common.logs import CSV_NAME, PLOT_NAME, plot_learning_curve, read_progress
 
@@ -79,6 +81,7 @@ FIELD_HELP: dict[str, str] = {
     "cg_iters": "conjugate-gradient iterations per policy step",
     "cg_damping": "damping λ of the curvature A = F + λI",
     "curvature": "Fisher products: gauss-newton (Jᵀ M J) or kl-hessian (double backward through the KL)",
+    "preconditioner": "CG preconditioner of the policy step: none, jacobi (diag of F + λI) or kfac (Kronecker factors)",
     "kl_estimator": "mean KL of the constraint: analytic, or sample ((r - 1) - log r on the actions taken)",
     "fisher_fraction": "share of the batch the curvature is built on, in (0, 1]",
     "normalize_advantage": "normalise advantages to zero mean and unit variance",
@@ -98,6 +101,7 @@ FIELD_HELP: dict[str, str] = {
 _CHOICES = {
     "vectorization_mode": VECTORIZATION_MODES,
     "curvature": CURVATURES,
+    "preconditioner": PRECONDITIONERS,
     "kl_estimator": KL_ESTIMATORS,
     "dtype": DTYPES,
     "activation": ACTIVATIONS,
@@ -290,6 +294,11 @@ def main(agent_class: Any, argv: Sequence[str] | None = None) -> int:
         if args.resume is not None:
             return resume(agent_class, args, parser)
         return start(agent_class, args, parser)
+    except DistributedError as error:  # ranks that disagree or cannot meet, before training
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
     except UsageError as error:
         if args.debug:
             raise
@@ -305,6 +314,8 @@ def main(agent_class: Any, argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{parser.prog}: interrupted; nothing was written", file=sys.stderr)
         return 128 + signal.SIGINT
+    finally:
+        release_process_group()
 
 
 def start(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -318,19 +329,28 @@ def start(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentP
     try:
         total_steps = args.total_steps if args.total_steps is not None else default_total_steps(env)
         root = args.runs_root if args.runs_root is not None else DEFAULT_RUNS_ROOT
-        run_dir = _claim(args.run_dir) if args.run_dir is not None else _new_run_dir(root, env, agent.algorithm, seed)
-        record = {
-            "algorithm": agent.algorithm,
-            "total_steps": total_steps,
-            "env_defaults": env_defaults(env),
-            "command_line": hyperparameters,
-            "config": agent.config.to_dict(),
-        }
-        atomic_write_text(run_dir / CONFIG_NAME, json.dumps(record, indent=2, default=list))
+
+        def create_run_dir() -> Path:
+            run_dir = (
+                _claim(args.run_dir) if args.run_dir is not None else _new_run_dir(root, env, agent.algorithm, seed)
+            )
+            record = {
+                "algorithm": agent.algorithm,
+                "total_steps": total_steps,
+                "env_defaults": env_defaults(env),
+                "command_line": hyperparameters,
+                "config": agent.config.to_dict(),
+            }
+            atomic_write_text(run_dir / CONFIG_NAME, json.dumps(record, indent=2, default=list))
+            return run_dir
+
+        # data-parallel: rank 0 creates the directory and every rank gets its name (or its error)
+        run_dir = create_run_dir() if agent.parallel is None else agent.parallel.from_rank_zero(create_run_dir)
     except BaseException:
         agent.close()
         raise
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    if agent.writes_files:
+        print(f"run directory: {run_dir}", file=sys.stderr)
     return train(agent, run_dir, total_steps, args, parser)
 
 
@@ -346,6 +366,7 @@ def resume(agent_class: Any, args: argparse.Namespace, parser: argparse.Argument
                 f"{run_dir} is a {agent.algorithm} run; resume it with: "
                 f"python -m agents.{agent.algorithm} --resume {_quote(run_dir)}"
             )
+        _check_resumable(agent, run_dir)
         if args.total_steps is not None:
             total_steps = args.total_steps
         elif saved is not None and isinstance(saved.get("total_steps"), int):
@@ -363,13 +384,22 @@ def resume(agent_class: Any, args: argparse.Namespace, parser: argparse.Argument
             read_progress(run_dir / CSV_NAME)  # a damaged log is refused before anything is rewritten
         except ValueError as error:
             raise UsageError(str(error)) from error
-        if saved is not None and saved.get("total_steps") != total_steps:
+        if saved is not None and saved.get("total_steps") != total_steps and agent.writes_files:
             atomic_write_text(run_dir / CONFIG_NAME, json.dumps({**saved, "total_steps": total_steps}, indent=2))
     except BaseException:
         agent.close()
         raise
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    if agent.writes_files:
+        print(f"run directory: {run_dir}", file=sys.stderr)
     return train(agent, run_dir, total_steps, args, parser)
+
+
+def _check_resumable(agent: Any, run_dir: Path) -> None:
+    """A one-line usage error for a run trained on another number of processes."""
+    try:
+        agent.check_resumable()
+    except ValueError as error:
+        raise UsageError(f"--resume {run_dir}: {error}") from None
 
 
 def _resumable(run_dir: Path) -> tuple[Path, Path]:
@@ -437,7 +467,7 @@ def train(
                     raise
                 failure = error
             stop.immediate = True  # from here on a signal stops at once: nothing is left to save
-            if not abandoned and failure is None and stop.signum is None:
+            if not abandoned and failure is None and stop.signum is None and agent.writes_files:
                 line = _evaluate_and_record(agent, run_dir)
         except KeyboardInterrupt:  # during the final evaluation
             pass
@@ -447,12 +477,15 @@ def train(
     prog, where = parser.prog, _quote(run_dir)
     resume_command = f"python -m agents.{agent.algorithm} --resume {where}"
     if failure is not None:
+        rank = "" if agent.parallel is None else f"rank {agent.parallel.rank}: "
         print(
-            f"{prog}: error: training stopped by {type(failure).__name__}: {_one_line(failure)}; the last completed "
-            f"iteration is saved: resume with: {resume_command} (--debug shows the traceback)",
+            f"{prog}: error: {rank}training stopped by {type(failure).__name__}: {_one_line(failure)}; the last "
+            f"completed iteration is saved: resume with: {resume_command} (--debug shows the traceback)",
             file=sys.stderr,
         )
         return EXIT_FAILED
+    if not agent.writes_files:  # rank 0 reports how the run ended
+        return 0 if stop.signum is None and not abandoned else 128 + (stop.signum or signal.SIGINT)
     if line is not None:
         print(line)
         return 0

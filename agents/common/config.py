@@ -14,6 +14,7 @@ from typing import Any
 
 CURVATURES = ("gauss-newton", "kl-hessian")
 KL_ESTIMATORS = ("analytic", "sample")
+PRECONDITIONERS = ("none", "jacobi", "kfac")
 VECTORIZATION_MODES = ("sync", "async")
 DTYPES = ("float32", "float64")
 ACTIVATIONS = ("tanh", "relu")
@@ -48,6 +49,7 @@ class TRPOConfig:
     cg_iters: int = 10
     cg_damping: float = 0.1
     curvature: str = "gauss-newton"
+    preconditioner: str = "none"
     kl_estimator: str = "analytic"
     fisher_fraction: float = 1.0
     normalize_advantage: bool = True
@@ -94,6 +96,11 @@ class TRPOConfig:
         check_finite("log_std_init", self.log_std_init, "the initial log standard deviation, e.g. 0.0")
         for name, choices in _CHOICES.items():
             check_choice(name, getattr(self, name), choices)
+        if self.preconditioner != "none" and self.curvature != "gauss-newton":
+            raise ValueError(
+                f"preconditioner={self.preconditioner!r} needs curvature='gauss-newton' (it reads the layer-wise "
+                "Gauss-Newton's diagonal or Kronecker factors); use preconditioner='none' with 'kl-hessian'"
+            )
         sizes = self.hidden_sizes
         if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
             raise ValueError(f"hidden_sizes must be a non-empty sequence of positive integers (got {sizes!r})")
@@ -148,6 +155,7 @@ _INTERVALS: dict[str, tuple[float, float, str]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "vectorization_mode": VECTORIZATION_MODES,
     "curvature": CURVATURES,
+    "preconditioner": PRECONDITIONERS,
     "kl_estimator": KL_ESTIMATORS,
     "dtype": DTYPES,
     "activation": ACTIVATIONS,

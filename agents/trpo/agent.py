@@ -39,6 +39,7 @@ from agents.common.checkpoint import (
 )
 from agents.common.collector import Collector
 from agents.common.config import TRPOConfig, check_integer
+from agents.common.distributed import DataParallel, data_parallel, rank_seed
 from agents.common.envs import EnvStack, make_env_stack, make_eval_envs
 from agents.common.logs import CSV_NAME, PLOT_NAME, RunLogger, plot_learning_curve
 from agents.common.policies import (
@@ -53,20 +54,27 @@ from agents.common.policies import (
 )
 from agents.common.rollout import Batch, compute_gae, make_batch
 from trustregion import (
+    KFAC,
     BacktrackingLineSearch,
     ConjugateGradient,
     Curvature,
     Damped,
     GaussNewton,
+    Jacobi,
     KLHessian,
     KLStepResult,
     NoLineSearch,
     TrustRegionOptimizer,
 )
 
+_PRECONDITIONERS = {"none": lambda: None, "jacobi": Jacobi, "kfac": KFAC}
+"""``config.preconditioner`` -> a new preconditioner for the policy step's CG (Jacobi / KFAC of :mod:`trustregion`)."""
+
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 3  # 3: one entry per stateful part (agent.checkpoint_parts()), under "parts"
 EVAL_SEED_OFFSET = 10_000
+RANK_PARTS = ("collector", "generator")
+"""The checkpoint parts that differ between the ranks of a data-parallel run (the rest are the same on all)."""
 
 
 @dataclass
@@ -115,8 +123,7 @@ class TRPO:
         **hyperparameters: Any,
     ) -> None:
         self.config = config = self._resolve_config(env, seed, config, hyperparameters)
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        self.parallel = self._join_ranks(config)
         self.dtype = getattr(torch, config.dtype)
         try:
             env_stack = make_env_stack(
@@ -141,7 +148,7 @@ class TRPO:
             env_stack.close()
             raise
         self.collector = self._make_collector(env_stack)
-        self.generator = torch.Generator().manual_seed(config.seed)  # minibatch shuffles, Fisher subsamples
+        self.generator = torch.Generator().manual_seed(self.rank_seed)  # minibatch shuffles, Fisher subsamples
         self.predict_generator = torch.Generator().manual_seed(config.seed + 1)
         self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
         self.policy_optimizer = self._make_policy_optimizer()
@@ -170,6 +177,31 @@ class TRPO:
             raise ValueError(f"config= holds the whole run; drop {given} or set them in the config")
         return TRPOConfig.from_dict(config.to_dict())  # a validated copy, not shared with the caller
 
+    def _join_ranks(self, config: TRPOConfig) -> DataParallel | None:
+        """The data-parallel context (``None`` in a single process); sets the threads, checks the ranks' configs.
+
+        In a data-parallel run ``torch_threads=0`` means the cores over the processes on this machine.
+        """
+        parallel = data_parallel()
+        threads = config.torch_threads or (parallel.default_threads() if parallel is not None else 0)
+        if threads:
+            torch.set_num_threads(threads)
+        if parallel is not None:
+            parallel.check_config(config.to_dict())
+        self.rank_seed = rank_seed(config.seed, parallel.rank if parallel is not None else 0)
+        self.trained_world_size = 1 if parallel is None else parallel.world_size  # a checkpoint's, once loaded
+        return parallel
+
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 without a process group); each collects ``batch_size`` steps."""
+        return 1 if self.parallel is None else self.parallel.world_size
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process writes the run directory: the only one, or rank 0 of a data-parallel run."""
+        return self.parallel is None or self.parallel.rank == 0
+
     @classmethod
     def from_config(cls, config: TRPOConfig) -> TRPO:
         """An agent for an explicit config (no per-environment defaults applied): ``cls(config=config)``."""
@@ -186,6 +218,8 @@ class TRPO:
                 self.obs_dim, envs.single_action_space, config.hidden_sizes, config.activation, config.log_std_init
             ).to(self.dtype)
             self.critic = Critic(self.obs_dim, config.hidden_sizes, config.activation).to(self.dtype)
+        if self.parallel is not None:
+            self.parallel.broadcast_modules(self.actor, self.critic)
 
     def _make_collector(self, env_stack: EnvStack) -> Collector:
         numpy_dtype = np.float32 if self.dtype == torch.float32 else np.float64
@@ -193,8 +227,12 @@ class TRPO:
             action_shape, action_dtype = (self.actor.log_std.numel(),), numpy_dtype
         else:
             action_shape, action_dtype = _action_shape(env_stack.envs.single_action_space), np.int64
+        if self.parallel is not None:  # before the first reset, whose observations the statistics take in
+            self.parallel.track_statistics(env_stack)
         config = self.config
-        return Collector(env_stack, config.n_steps, self.obs_dim, action_shape, action_dtype, numpy_dtype, config.seed)
+        return Collector(
+            env_stack, config.n_steps, self.obs_dim, action_shape, action_dtype, numpy_dtype, self.rank_seed
+        )
 
     def _make_policy_optimizer(self) -> TrustRegionOptimizer:
         """The trust-region optimizer of the actor; :meth:`update_policy` gives each step its curvature."""
@@ -211,8 +249,11 @@ class TRPO:
             self.actor.parameters(),
             max_kl=config.max_kl,
             curvature=Damped(KLHessian(), config.cg_damping),  # used only by a step() given no curvature
-            solver=ConjugateGradient(max_iter=config.cg_iters),
+            solver=ConjugateGradient(
+                max_iter=config.cg_iters, preconditioner=_PRECONDITIONERS[config.preconditioner]()
+            ),
             line_search=line_search,
+            reduce=None if self.parallel is None else self.parallel.reduce,
         )
 
     @property
@@ -267,24 +308,38 @@ class TRPO:
         (:meth:`_iterate`).
         """
         check_integer("total_steps", total_steps, 0)
+        self.check_resumable()
         if not isinstance(reset_num_timesteps, bool):
             raise ValueError(f"reset_num_timesteps must be True or False (got {reset_num_timesteps!r})")
         target = self.global_step + total_steps if reset_num_timesteps else total_steps
         remaining = target - self.global_step
         if remaining <= 0:
             return self  # nothing to do, and nothing is rewritten
-        batch = self.config.batch_size
+        batch = self.config.batch_size * self.world_size
         end_step = self.global_step + -(-remaining // batch) * batch  # whole iterations
         run_path = self._claim_run_dir(run_dir)
-        logger = RunLogger(run_path, total_steps=end_step, start_step=self.global_step, progress=progress)
+        logger = self._run_logger(run_path, end_step, progress)
         try:
             self._iterate(target, run_path, logger, callback)
         finally:
             logger.close()
-        if run_path is not None:
+        self._plot_run(run_path)
+        return self
+
+    def _run_logger(self, run_path: Path | None, end_step: int, progress: bool) -> RunLogger:
+        """The logs and progress bar of this run; in a data-parallel run, rank 0 alone writes them."""
+        writes = self.writes_files
+        return RunLogger(
+            run_path if writes else None,
+            total_steps=end_step,
+            start_step=self.global_step,
+            progress=progress and writes,
+        )
+
+    def _plot_run(self, run_path: Path | None) -> None:
+        if run_path is not None and self.writes_files:
             title = f"{self.algorithm.upper()} {self.config.env}"
             plot_learning_curve(run_path / CSV_NAME, run_path / PLOT_NAME, title)
-        return self
 
     def _iterate(
         self, target: int, run_path: Path | None, logger: RunLogger, callback: Callable[[TRPO], bool | None] | None
@@ -306,20 +361,34 @@ class TRPO:
                 if saved:
                     self.save(run_path / CHECKPOINT_NAME)
                     consistent = None
-                if callback is not None and callback(self) is False:
+                stop = callback is not None and callback(self) is False
+                if self.parallel is not None:
+                    stop = self.parallel.any_rank(stop)  # every rank stops after the same iteration
+                if stop:
                     break
                 if run_path is not None and not saved and self.global_step < target:
                     consistent = self._consistent_state()
             if run_path is not None and not saved:
                 self.save(run_path / CHECKPOINT_NAME)
                 consistent = None
-        except BaseException:
-            if consistent is not None:  # the iteration in progress is abandoned; the one before is kept
+        except BaseException as error:
+            if self.parallel is not None:
+                self.parallel.publish_failure(error)  # the other ranks name it when their collectives fail
+            if consistent is not None and self.writes_files:  # the iteration in progress is abandoned
                 save_checkpoint(run_path / CHECKPOINT_NAME, consistent)
             raise
 
     def _claim_run_dir(self, run_dir: str | Path | None) -> Path | None:
-        """``run_dir`` as a path this agent may write to (checked, then remembered as its own)."""
+        """``run_dir`` as a path this agent may write to (checked, then remembered as its own).
+
+        In a data-parallel run rank 0 checks it, and every rank gets its answer (or its error).
+        """
+        if self.parallel is not None and run_dir is not None:
+            claim = self._claim_local_run_dir
+            return self.parallel.from_rank_zero(lambda: claim(run_dir))
+        return self._claim_local_run_dir(run_dir)
+
+    def _claim_local_run_dir(self, run_dir: str | Path | None) -> Path | None:
         if run_dir is None:
             return None
         run_path = Path(run_dir)
@@ -354,21 +423,27 @@ class TRPO:
         policy_done = time.perf_counter()
         value_loss = self.update_value(batch)
         value_done = time.perf_counter()
-        self.progress.global_step += self.config.batch_size
+        self.progress.global_step += self.config.batch_size * self.world_size
         self.progress.iteration += 1
+        if self.parallel is not None:
+            self.parallel.check_identical((self.actor, self.critic), self.iteration)
         metrics = self._metrics(batch, step, value_loss)
         metrics.update(
-            steps_per_second=self.config.batch_size / (value_done - start),
+            steps_per_second=self.config.batch_size * self.world_size / (value_done - start),
             rollout_seconds=rollout_done - start,
             policy_seconds=policy_done - rollout_done,
             value_seconds=value_done - policy_done,
         )
+        if self.parallel is not None:  # what the iteration's collectives cost (TensorBoard, history)
+            metrics.update(self.parallel.collective_costs())
         self.progress.history.append(metrics)
         return metrics
 
     def rollout_batch(self) -> Batch:
         """Collect one rollout and turn it into a training batch with GAE advantages and returns."""
         rollout = self.collector.collect(self.actor, self.rollout_networks())
+        if self.parallel is not None:
+            self.parallel.merge_statistics(self.env_stack)
         config = self.config
         advantages, returns = compute_gae(
             rollout.rewards,
@@ -395,7 +470,9 @@ class TRPO:
         """
         actor, estimator = self.actor, self.config.kl_estimator
         advantages = batch.advantages
-        if self.config.normalize_advantage and len(advantages) > 1:
+        if self.parallel is not None:  # sets this rank's weight in the step's reductions; global statistics
+            advantages = self.parallel.start_policy_step(advantages, self.config.normalize_advantage)
+        elif self.config.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         old = OldPolicy.of(actor, batch.obs, batch.actions)
         subsample = self._fisher_subsample(len(batch.obs))
@@ -431,6 +508,8 @@ class TRPO:
                 return mean_kl(actor, fisher_batch, params, actor.log_prob(params, fisher_batch.actions), estimator)
 
             fisher = KLHessian(constraint=fisher_batch_kl)
+        if self.parallel is not None and fisher_batch is not old:
+            fisher = self.parallel.fisher_share(fisher, len(fisher_batch.obs))
         return Damped(fisher, self.config.cg_damping)
 
     def _fisher_subsample(self, size: int) -> Tensor | None:
@@ -442,6 +521,16 @@ class TRPO:
 
     def update_value(self, batch: Batch) -> float:
         """``value_epochs`` epochs of Adam minibatches on ``(V(s) - R̂)²``; returns the last epoch's mean loss."""
+        if self.parallel is not None:
+            config, data = self.config, (batch.obs, batch.returns)
+            return self.parallel.update_value(
+                self.critic,
+                self.value_optimizer,
+                data,
+                config.value_epochs,
+                config.value_minibatch_size,
+                self.generator,
+            )
         size = len(batch.obs)
         minibatch = self.config.value_minibatch_size
         losses: list[Tensor] = []
@@ -470,7 +559,11 @@ class TRPO:
         return {
             "iteration": self.iteration,
             "global_step": self.global_step,
-            **self.collector.episode_statistics(),
+            **(
+                self.collector.episode_statistics()
+                if self.parallel is None
+                else self.parallel.episode_statistics(self.collector)
+            ),
             "policy_loss": step.loss_before,
             "policy_improvement": step.actual_improvement if step.accepted else 0.0,
             "kl": step.kl_after if step.accepted and step.kl_after is not None else 0.0,
@@ -552,23 +645,56 @@ class TRPO:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a bit-identical continuation needs: the config and each part's ``state_dict``."""
-        return {
+        """Everything a bit-identical continuation needs: the config and each part's ``state_dict``.
+
+        In a data-parallel run (a collective: every rank calls it) ``"world_size"`` and ``"ranks"``,
+        each rank's environments and random state, are added on rank 0 (:data:`RANK_PARTS`).
+        """
+        state = {
             "format": CHECKPOINT_FORMAT,
             "algorithm": self.algorithm,
             "config": self.config.to_dict(),
             "torch_version": torch.__version__,
             "parts": parts_state(self.checkpoint_parts()),
         }
+        if self.parallel is not None:
+            own = {name: state["parts"][name] for name in RANK_PARTS}
+            state.update(world_size=self.world_size, ranks=self.parallel.gather_to_rank_zero(own))
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore every part from :meth:`state_dict` (of an agent built with the same config)."""
+        """Restore every part from :meth:`state_dict` (of an agent built with the same config).
+
+        A checkpoint of another number of processes loads for :meth:`predict` and :meth:`evaluate`
+        (rank 0's environments), and :meth:`learn` refuses to continue it (:meth:`check_resumable`).
+        """
         check_format(state, CHECKPOINT_FORMAT)
         load_parts(self.checkpoint_parts(), state["parts"])
+        self.trained_world_size = state.get("world_size", 1)
+        if self.parallel is not None:
+            if self.trained_world_size == self.world_size:
+                own = state["ranks"][self.parallel.rank]
+                load_parts({name: self.checkpoint_parts()[name] for name in RANK_PARTS}, own)
+            self.parallel.restart_statistics(self.env_stack)
+
+    def check_resumable(self) -> None:
+        """Refuse, in one line, to continue a run that was trained on another number of processes."""
+        saved = self.trained_world_size
+        if saved != self.world_size:
+            launch = f"torchrun --nproc_per_node {saved}" if saved > 1 else "one process, without torchrun"
+            raise ValueError(
+                f"the checkpoint was written by {saved} process(es) and this run has {self.world_size}: "
+                f"continue it with the same number ({launch})"
+            )
 
     def save(self, path: str | Path) -> None:
-        """Write a checkpoint atomically (temporary file in the same directory, fsync, ``os.replace``)."""
-        save_checkpoint(path, self.state_dict())
+        """Write a checkpoint atomically (temporary file in the same directory, fsync, ``os.replace``).
+
+        In a data-parallel run every rank calls it and rank 0 alone writes.
+        """
+        state = self.state_dict()
+        if self.writes_files:
+            save_checkpoint(path, state)
 
     @classmethod
     def load(cls, path: str | Path) -> TRPO:
@@ -579,7 +705,8 @@ class TRPO:
         path = Path(path)
         if path.is_dir():
             path = path / CHECKPOINT_NAME
-        state = load_checkpoint(path)
+        parallel = data_parallel()
+        state = load_checkpoint(path) if parallel is None else parallel.from_rank_zero(lambda: load_checkpoint(path))
         check_format(state, CHECKPOINT_FORMAT, path)
         agent = cls(config=TRPOConfig.from_dict(state["config"]))
         agent.algorithm = state["algorithm"]  # the run keeps its name: an NPG run loaded through TRPO.load stays npg

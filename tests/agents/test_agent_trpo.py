@@ -78,6 +78,28 @@ def test_gauss_newton_and_kl_hessian_give_the_same_step(env):
     torch.testing.assert_close(steps["gauss-newton"], steps["kl-hessian"], rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1"])
+def test_a_preconditioned_solve_to_convergence_gives_the_same_step(env):
+    """Jacobi and K-FAC change the Krylov space, not the system: solved to convergence, the step is the same."""
+    steps = {}
+    for preconditioner in ("none", "jacobi", "kfac"):
+        agent = TRPO(env, seed=3, dtype="float64", preconditioner=preconditioner, cg_iters=400, **SMALL)
+        before = parameters(agent.actor)
+        result = agent.update_policy(rollout_batch(agent))
+        assert result.accepted
+        steps[preconditioner] = torch.cat(
+            [(p - b).reshape(-1) for p, b in zip(parameters(agent.actor), before, strict=True)]
+        )
+        agent.close()
+    for preconditioner in ("jacobi", "kfac"):
+        torch.testing.assert_close(steps[preconditioner], steps["none"], rtol=1e-6, atol=1e-9)
+
+
+def test_a_preconditioner_needs_the_gauss_newton_curvature():
+    with pytest.raises(ValueError, match="preconditioner='kfac' needs curvature='gauss-newton'"):
+        TRPO("CartPole-v1", preconditioner="kfac", curvature="kl-hessian")
+
+
 def test_kl_closure_compares_against_the_frozen_old_distribution():
     """At θ_old the constraint is exactly 0; after the step it is the positive KL the line search measured."""
     agent = TRPO("Pendulum-v1", seed=0, **SMALL)
@@ -358,6 +380,7 @@ def test_load_accepts_a_run_directory(tmp_path):
         ("value_lr", float("nan")),
         ("value_minibatch_size", 0),
         ("curvature", "fisher"),
+        ("preconditioner", "shampoo"),
         ("kl_estimator", "mc"),
         ("vectorization_mode", "threads"),
         ("hidden_sizes", (64, 0)),

@@ -1,0 +1,197 @@
+"""Data-parallel training on 2 processes (gloo, CPU), launched as ``torchrun`` would (docs/distributed.md).
+
+Each test starts two ranks of ``distributed_workers.py`` with ``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR`` and ``MASTER_PORT`` set, waits for both within a deadline (killing both on
+expiry), and compares what they saved with a single-process reference computed here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import distributed_workers as workers
+import numpy as np
+import pytest
+import torch
+
+from agents import TRPO
+from agents.common.distributed import rank_seed
+
+WORKER = Path(workers.__file__)
+PROJECT_ROOT = WORKER.resolve().parents[2]
+DEADLINE = 150.0  # seconds for both ranks of one launch, start-up included
+TIMEOUT = 20  # seconds a collective waits for the other rank
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Ended:
+    """How one rank ended: exit code, its output, and when (seconds after the launch)."""
+
+    rank: int
+    returncode: int
+    stderr: str
+    seconds: float
+
+
+def launch(scenario: str, out: Path, world_size: int = 2) -> list[Ended]:
+    """Run ``scenario`` on ``world_size`` ranks, noting when each ends; all are killed at the deadline."""
+    port, processes, logs = free_port(), [], []
+    for rank in range(world_size):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "TRUSTREGION_COLLECTIVE_TIMEOUT": str(TIMEOUT),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        logs.append(out / f"{scenario}-{rank}.log")
+        with logs[-1].open("w") as log:  # a file, not a pipe: a full pipe would block the rank
+            command = [sys.executable, str(WORKER), scenario, str(out)]
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    start, ended = time.monotonic(), {}
+    try:
+        while len(ended) < world_size and time.monotonic() - start < DEADLINE:
+            for rank, process in enumerate(processes):
+                if rank not in ended and process.poll() is not None:
+                    ended[rank] = time.monotonic() - start
+            time.sleep(0.05)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert len(ended) == world_size, f"ranks {sorted(set(range(world_size)) - set(ended))} still ran at the deadline"
+    return [Ended(rank, processes[rank].returncode, logs[rank].read_text(), ended[rank]) for rank in range(world_size)]
+
+
+def succeeded(results: list[Ended]) -> None:
+    for result in results:
+        assert result.returncode == 0, f"rank {result.rank} failed:\n{result.stderr[-3000:]}"
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = expected.abs().max().clamp_min(1e-300)
+    assert ((actual - expected).abs().max() / scale).item() <= 1e-10
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Steps on split batches, a straight 2-rank run and the same run stopped halfway; a new launch resumes it.
+
+    The second launch then trains a new agent whose rank 1 raises in its second iteration.
+    """
+    out = tmp_path_factory.mktemp("runs")
+    succeeded(launch("run", out))
+    first = [torch.load(out / f"run-{rank}.pt", weights_only=False) for rank in range(2)]
+    failed = launch("resume", out)  # which ends with rank 1 raising mid-iteration
+    resumed = [torch.load(out / f"resume-{rank}.pt", weights_only=False) for rank in range(2)]
+    return out, first, resumed, failed
+
+
+@pytest.fixture(scope="module")
+def equivalence(runs):
+    return runs[1]
+
+
+@pytest.mark.parametrize("case", sorted(workers.POLICY_CASES))
+def test_a_policy_step_and_critic_epochs_split_over_two_ranks_equal_one_process_on_the_whole_batch(equivalence, case):
+    reference = workers.policy_case(case)
+    assert reference["accepted"]
+    for rank in range(2):
+        result = equivalence[rank][case]
+        assert (result["accepted"], result["backtracks"]) == (reference["accepted"], reference["backtracks"])
+        assert math.isclose(result["loss_before"], reference["loss_before"], rel_tol=1e-10, abs_tol=1e-12)
+        assert math.isclose(result["value_loss"], reference["value_loss"], rel_tol=1e-10)
+        for name in ("actor", "critic"):
+            for actual, expected in zip(result[name], reference[name], strict=True):
+                close(actual, expected)
+    for name in ("actor", "critic"):  # and the ranks agree bit for bit
+        for first, second in zip(equivalence[0][case][name], equivalence[1][case][name], strict=True):
+            assert torch.equal(first, second)
+
+
+def test_normalisation_statistics_merged_over_two_ranks_equal_one_process_seeing_all_the_data(equivalence):
+    reference = workers.reference_statistics()
+    for rank in range(2):
+        for (mean, var, count), (ref_mean, ref_var, ref_count) in zip(
+            equivalence[rank]["statistics"], reference, strict=True
+        ):
+            np.testing.assert_allclose(mean, ref_mean, rtol=1e-10)
+            np.testing.assert_allclose(var, ref_var, rtol=1e-10)
+            assert math.isclose(count, ref_count, rel_tol=1e-12)
+
+
+def test_a_two_rank_run_keeps_the_parameters_bitwise_identical_at_every_iteration(runs):
+    _, first, _, _ = runs
+    straight = [first[rank]["straight"] for rank in range(2)]
+    assert len(straight[0]["digests"]) == workers.RUN_ITERATIONS
+    assert straight[0]["digests"] == straight[1]["digests"]
+    assert len(set(straight[0]["digests"])) == workers.RUN_ITERATIONS  # and they did change
+    batch = workers.RUN["n_steps"] * workers.RUN["num_envs"]
+    assert straight[0]["step"] == workers.RUN_ITERATIONS * batch * 2  # steps count over both ranks
+
+
+def test_an_interrupted_and_resumed_two_rank_run_is_bit_identical_to_a_straight_one(runs):
+    _, first, resumed, _ = runs
+    for rank in range(2):
+        straight = first[rank]["straight"]
+        assert first[rank]["interrupted"]["digests"] == straight["digests"][: workers.INTERRUPTED_AFTER]
+        assert resumed[rank]["digests"] == straight["digests"][workers.INTERRUPTED_AFTER :]
+        assert resumed[rank]["final"] == straight["final"]
+    deterministic = ("global_step", "episodes", "mean_return", "policy_loss", "kl", "value_loss", "entropy")
+    for got, expected in zip(resumed[0]["history"], first[0]["straight"]["history"], strict=True):
+        assert {key: got[key] for key in deterministic} == {key: expected[key] for key in deterministic}
+
+
+def test_rank_zero_alone_writes_and_one_process_evaluates_the_run_but_refuses_to_continue_it(runs):
+    out, _, _, _ = runs
+    run_dir = out / "straight"
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "checkpoint.pt",
+        "learning_curve.png",
+        "progress.csv",
+        "tensorboard",
+    ]
+    assert len((run_dir / "progress.csv").read_text().splitlines()) == 1 + workers.RUN_ITERATIONS
+    agent = TRPO.load(run_dir)  # one process loads it to evaluate, and refuses to continue it
+    try:
+        assert agent.evaluate(1)["mean_return"] > 0
+        files = sorted(path.stat().st_mtime_ns for path in run_dir.rglob("*"))
+        with pytest.raises(ValueError, match="written by 2 process") as error:
+            agent.learn(64, run_dir=run_dir)
+        assert "\n" not in str(error.value) and "torchrun --nproc_per_node 2" in str(error.value)
+        assert sorted(path.stat().st_mtime_ns for path in run_dir.rglob("*")) == files  # nothing written
+    finally:
+        agent.close()
+
+
+def test_a_rank_that_raises_mid_iteration_stops_both_with_its_error_named(runs):
+    results = runs[3]
+    assert all(result.returncode != 0 for result in results)
+    assert abs(results[0].seconds - results[1].seconds) < TIMEOUT  # rank 0 did not wait for a timeout
+    assert "injected failure in the critic update" in results[1].stderr
+    assert "rank 0 stopped because rank 1 failed with RuntimeError: injected failure" in results[0].stderr
+
+
+def test_rank_seeds_are_distinct_and_rank_zero_keeps_the_seed():
+    seeds = [rank_seed(7, rank) for rank in range(64)]
+    assert seeds[0] == 7 and len(set(seeds)) == 64
+    assert rank_seed(7, 1) != rank_seed(8, 1)
