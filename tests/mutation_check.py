@@ -37,6 +37,7 @@ CURVATURE_TESTS = ("tests/trustregion/curvature", "tests/trustregion/test_distri
 MATRIX_TESTS = ("tests/trustregion/test_matrix.py",)
 CONTRACT_TESTS = ("tests/trustregion/test_optimizer_contract.py",)
 SUBPROBLEM_TESTS = ("tests/trustregion/solvers/test_subproblem.py",)
+PRECONDITIONER_TESTS = ("tests/trustregion/test_preconditioners.py",)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,56 @@ class Mutant:
 
 
 MUTANTS = [
+    # ------------------------------------------------------------------ preconditioners
+    Mutant(
+        "exact_diagonal_drops_the_input_square",
+        "curvature/layerwise.py",
+        "parts[step.weight] += squares.t() @ x.square()",
+        "parts[step.weight] += squares.t() @ x.abs()",
+        PRECONDITIONER_TESTS,
+    ),
+    Mutant(
+        "categorical_square_root_drops_the_mean",
+        "outputs.py",
+        "columns = eye.unsqueeze(1) - probs.unsqueeze(0)  # (K, N, K)",
+        "columns = eye.unsqueeze(1) + 0 * probs.unsqueeze(0)  # (K, N, K)",
+        PRECONDITIONER_TESTS,
+    ),
+    Mutant(
+        "kfac_input_factor_not_averaged",
+        "curvature/layerwise.py",
+        "x.t() @ x / x.shape[0]",
+        "x.t() @ x",
+        PRECONDITIONER_TESTS,
+    ),
+    Mutant(
+        "kfac_drops_the_damping",
+        "preconditioners.py",
+        "return layer, (output_basis, input_basis, products + damping)",
+        "return layer, (output_basis, input_basis, products + 1e-300)",
+        PRECONDITIONER_TESTS,
+    ),
+    Mutant(
+        "steihaug_preconditioned_norm_recurrence_wrong",
+        "solvers/steihaug.py",
+        "terms[2] = residual_dot + beta * beta * terms[2]",
+        "terms[2] = residual_dot + beta * terms[2]",
+        PRECONDITIONER_TESTS,
+    ),
+    Mutant(
+        "steihaug_accepts_an_indefinite_preconditioner",
+        "solvers/steihaug.py",
+        "return preconditioned, residual_dot, SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None",
+        "return preconditioned, residual_dot, None",
+        PRECONDITIONER_TESTS,
+    ),
+    Mutant(
+        "pull_back_ignores_the_solver_region_norm",
+        "solvers/subproblem.py",
+        "    if math.isnan(norm):\n        norm = region.norm(solve.direction, solve.curvature)",
+        "    norm = region.norm(solve.direction, solve.curvature)",
+        PRECONDITIONER_TESTS,
+    ),
     # ------------------------------------------------------------------ solvers
     Mutant(
         "cg_residual_sign_flipped",
@@ -384,6 +435,70 @@ MUTANTS = [
         "rows = batch if log_std.dim() == mean.dim() else 1",
         CURVATURE_TESTS,
     ),
+    # ------------------------------------------------------------------ least squares (MGH), acceptance, reuse
+    Mutant(
+        "lm_curvature_floor_ignored",
+        "control/levenberg_marquardt.py",
+        "return replace(updated, damping=min(max(updated.damping, curvature), self.max_damping))",
+        "return updated",
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "noise_not_learnt",
+        "minimizer.py",
+        'state["noise"] = max(state.get("noise", 0.0), seen)',
+        'state["noise"] = state.get("noise", 0.0)',
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "improvement_ratio_raw",
+        "result.py",
+        "return adjusted_ratio(self.actual_improvement, self.expected_improvement, self.rounding)",
+        "return self.actual_improvement / self.expected_improvement",
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "kept_start_of_a_stale_point",
+        "_base.py",
+        "return closure is self.closure and all(torch.equal(p, q) for p, q in zip(params, self.params, strict=True))",
+        "return closure is self.closure",
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "ftol_fires_on_one_flat_step",
+        "drivers.py",
+        "if self.flat_in_a_row >= 2:",
+        "if self.flat_in_a_row >= 1:",
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "xtol_on_the_whole_vector",
+        "drivers.py",
+        "still = bool((moved.abs() <= stopping.xtol * (stopping.xtol + before.abs())).all())",
+        "still = bool(moved.norm() <= stopping.xtol * (stopping.xtol + before.norm()))",
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "nonfinite_trial_ends_the_run",
+        "drivers.py",
+        "if step.reason.nonfinite and not math.isfinite(step.expected_improvement):",
+        "if step.reason.nonfinite:",
+        ("tests/trustregion/test_mgh.py",),
+    ),
+    Mutant(
+        "least_squares_jacobian_reused_after_a_move",
+        "curvature/least_squares.py",
+        "if last.jacobian is not None and _same_values(last.params, params):",
+        "if last.jacobian is not None:",
+        CURVATURE_TESTS,
+    ),
+    Mutant(
+        "least_squares_dense_drops_the_scale",
+        "curvature/least_squares.py",
+        "matrix = self._transform(self._scale * (jacobian.T @ jacobian))",
+        "matrix = self._transform(jacobian.T @ jacobian)",
+        CURVATURE_TESTS,
+    ),
 ]
 
 
@@ -392,6 +507,9 @@ def copy_project(destination: Path) -> None:
     shutil.copytree(PROJECT_ROOT / "trustregion", destination / "trustregion", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "tests", destination / "tests", ignore=ignore)
     shutil.copy2(PROJECT_ROOT / "pyproject.toml", destination / "pyproject.toml")
+    (destination / "benchmarks").mkdir()
+    for script in (PROJECT_ROOT / "benchmarks").glob("*.py"):  # problem sets some tests load (benchmarks/mgh.py)
+        shutil.copy2(script, destination / "benchmarks" / script.name)
 
 
 def failing_tests(

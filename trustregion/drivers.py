@@ -7,9 +7,14 @@ follow scipy's definitions:
 
 * ``gtol``: ``‖∇loss‖ <= max(gtol, gtol_rel · ‖∇loss(θ₀)‖)``, checked on the gradient each step
   starts from (the relative form fires on problems whose minimum has a non-zero residual);
-* ``ftol``: an accepted step whose actual and predicted reductions are both below
-  ``ftol · |loss|`` (MINPACK's rule, :func:`scipy.optimize.least_squares`' ``ftol``);
-* ``xtol``: an accepted step with ``‖Δθ‖ <= xtol · (xtol + ‖θ‖)`` (scipy's ``xtol``);
+* ``ftol``: two accepted steps in a row whose actual and predicted reductions are both below
+  ``ftol · |loss|`` (MINPACK's rule, :func:`scipy.optimize.least_squares`' ``ftol``, asked of two
+  steps: after a truncated CG step along the stiff directions of an ill-conditioned problem,
+  which predicts almost nothing, the next step can still gain much);
+* ``xtol``: two accepted steps in a row with ``|Δθ_i| <= xtol · (xtol + |θ_i|)`` for every ``i``
+  (scipy's ``xtol`` taken per coordinate, so that a step that moves only a parameter of small
+  scale on a badly scaled problem such as Meyer's does not stop the run, and asked of two steps
+  for the reason given for ``ftol``);
 * ``max_steps``; ``patience`` consecutive refused steps, or a refused step at the control's
   limit (``Reason.STALLED``), stop the run as stalled;
 * the optimizer's own convergence test (``Reason.CONVERGED``: ``‖∇loss‖ <= gtol`` of the control
@@ -23,10 +28,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 
-from trustregion._base import Closure, TrustRegionBase
+from trustregion._base import Closure, PureClosure, TrustRegionBase
 from trustregion._validation import check_callable, check_instance, check_integer, check_nonnegative
 from trustregion._vectors import flatten
 from trustregion.control import LevenbergMarquardt, RadiusControl, TrustRadius
@@ -35,8 +40,13 @@ from trustregion.minimizer import TrustRegionMinimizer
 from trustregion.result import Reason, SolverReason, StepResult
 from trustregion.solvers import DenseSolver, Solver, SteihaugCG
 
-_DENSE_UP_TO = 100
-""":func:`least_squares` solves with :class:`DenseSolver` up to this many parameters, else with CG."""
+_DENSE_UP_TO = 500
+""":func:`least_squares` solves with :class:`DenseSolver` up to this many parameters, else with CG.
+
+The dense step forms ``J`` in ``min(m, n)`` passes and ``JᵀJ`` and its factorisation in
+``O(n² m + n³)``; a Steihaug step on an ill-conditioned problem takes up to 250 iterations of
+two passes each. Up to 500 parameters the dense step costs at most as many passes and its
+factorisation is a small part of it (docs/benchmarks.md, "Physics-informed networks")."""
 
 
 class RunReason(enum.Enum):
@@ -62,8 +72,8 @@ class RunReason(enum.Enum):
 
 _RUN_MESSAGES = {
     RunReason.GTOL: "the gradient norm fell below max(gtol, gtol_rel · initial gradient norm)",
-    RunReason.FTOL: "an accepted step reduced the loss (actual and predicted) by less than ftol · |loss|",
-    RunReason.XTOL: "an accepted step moved the parameters by less than xtol · (xtol + ‖θ‖)",
+    RunReason.FTOL: "two accepted steps in a row reduced the loss (actual and predicted) by less than ftol · |loss|",
+    RunReason.XTOL: "two accepted steps in a row moved every parameter by less than xtol · (xtol + |θ_i|)",
     RunReason.CONVERGED: "the optimizer's second-order test passed: a small gradient and no negative curvature",
     RunReason.MAX_STEPS: "max_steps steps were taken without meeting a tolerance; raise max_steps or loosen one",
     RunReason.STALLED: (
@@ -128,6 +138,7 @@ def run(
     closure: Closure,
     *,
     callback: Callable[[StepResult], bool | None] | None = None,
+    pure: bool = True,
     **tolerances: float,
 ) -> RunResult:
     """Step ``optimizer`` with ``closure`` until a stopping rule fires; return a :class:`RunResult`.
@@ -137,6 +148,8 @@ def run(
             :class:`~trustregion.TrustRegionOptimizer`.
         closure: as the optimizer's ``step`` takes it.
         callback: called with each step's result; returning ``True`` stops the run.
+        pure: the closure is a pure function of the parameters, so evaluations are reused across
+            steps (:class:`~trustregion.PureClosure`); ``False`` for one that draws a new batch.
         **tolerances: ``max_steps`` (1000), ``gtol`` (1e-8), ``gtol_rel`` (0), ``ftol`` (1e-12),
             ``xtol`` (1e-12), ``patience`` (20); see the module docstring.
     """
@@ -144,19 +157,35 @@ def run(
     if callback is not None:
         check_callable("callback", callback, "StepResult -> True to stop")
     stopping = Stopping(**tolerances)
+    closure = _prepared(optimizer, closure, pure, tolerances)
     params = optimizer.param_groups[0]["params"]
     tally = _Tally()
     for _ in range(stopping.max_steps):
         before = flatten([p.detach() for p in params])
         optimizer.step(closure)
         step = optimizer.last_result
-        moved = torch.linalg.vector_norm(flatten([p.detach() for p in params]) - before).item()
-        reason = tally.add(step, moved, torch.linalg.vector_norm(before).item(), stopping)
+        moved = flatten([p.detach() for p in params]) - before
+        still = bool((moved.abs() <= stopping.xtol * (stopping.xtol + before.abs())).all())
+        reason = tally.add(step, still, stopping)
         if reason is None and callback is not None and callback(step) is True:
             reason = RunReason.CALLBACK
         if reason is not None:
             return tally.result(reason)
     return tally.result(RunReason.MAX_STEPS)
+
+
+def _prepared(optimizer: TrustRegionBase, closure: Closure, pure: bool, tolerances: dict[str, float]) -> Closure:
+    """The closure :func:`run` steps with (a :class:`PureClosure` when ``pure``), after checking the options."""
+    if not isinstance(pure, bool):
+        raise TypeError(f"pure must be True or False (got {pure!r})")
+    control = getattr(optimizer, "control", None)
+    if "gtol" in tolerances and control is not None and tolerances["gtol"] < control.gtol:
+        raise ValueError(
+            f"gtol={tolerances['gtol']:g} is below the control's gtol={control.gtol:g}, whose convergence test "
+            f"stops the run first: give the control the same gtol ({type(control).__name__}(gtol=...)) or leave "
+            "gtol out"
+        )
+    return PureClosure(closure) if pure and not isinstance(closure, PureClosure) else closure
 
 
 class _Tally:
@@ -166,8 +195,10 @@ class _Tally:
         self.result_so_far = RunResult(False, RunReason.MAX_STEPS, "", math.nan, 0, 0, 0, 0, math.nan)
         self.initial_gradient_norm = math.nan
         self.refused_in_a_row = 0
+        self.flat_in_a_row = 0
+        self.still_in_a_row = 0
 
-    def add(self, step: StepResult, moved: float, position: float, stopping: Stopping) -> RunReason | None:
+    def add(self, step: StepResult, still: bool, stopping: Stopping) -> RunReason | None:
         total = self.result_so_far
         if total.steps == 0:
             self.initial_gradient_norm = step.gradient_norm
@@ -178,11 +209,11 @@ class _Tally:
         total.gradient_norm, total.loss, total.last_step = step.gradient_norm, step.loss_after, step
         total.history.append(step.loss_after)
         self.refused_in_a_row = 0 if step.accepted else self.refused_in_a_row + 1
-        return self._reason(step, moved, position, stopping)
+        return self._reason(step, still, stopping)
 
-    def _reason(self, step: StepResult, moved: float, position: float, stopping: Stopping) -> RunReason | None:
-        if step.reason.nonfinite:
-            return RunReason.NONFINITE
+    def _reason(self, step: StepResult, still: bool, stopping: Stopping) -> RunReason | None:
+        if step.reason.nonfinite and not math.isfinite(step.expected_improvement):
+            return RunReason.NONFINITE  # at the point itself; a non-finite trial point is only a refused step
         if step.reason is Reason.CONVERGED:
             return RunReason.CONVERGED
         small = step.gradient_norm <= max(stopping.gtol, stopping.gtol_rel * self.initial_gradient_norm)
@@ -190,9 +221,12 @@ class _Tally:
             return RunReason.GTOL
         if step.accepted:
             level = stopping.ftol * abs(step.loss_before)
-            if step.actual_improvement <= level and step.expected_improvement <= level:
+            flat = step.actual_improvement <= level and step.expected_improvement <= level
+            self.flat_in_a_row = self.flat_in_a_row + 1 if flat else 0
+            self.still_in_a_row = self.still_in_a_row + 1 if still else 0
+            if self.flat_in_a_row >= 2:
                 return RunReason.FTOL
-            if moved <= stopping.xtol * (stopping.xtol + position):
+            if self.still_in_a_row >= 2:
                 return RunReason.XTOL
         if step.reason is Reason.STALLED or self.refused_in_a_row >= stopping.patience:
             return RunReason.STALLED
@@ -240,15 +274,53 @@ def least_squares(
 
     ``residuals(*params)`` is a pure function of the parameter tensors (as
     :class:`~trustregion.ResidualGaussNewton` takes it). Defaults: the Gauss-Newton matrix
-    ``JᵀJ``, :class:`~trustregion.LevenbergMarquardt` with Moré's scaling (``scaled=True``), and the
+    ``JᵀJ``, :class:`~trustregion.LevenbergMarquardt` from ``μ₀ = 10⁻⁶`` with Moré's scaling
+    (``scaled=True``) and the curvature floor after refusals (``curvature_floor=True``), and the
     :class:`~trustregion.DenseSolver`
-    up to 100 parameters (a :class:`~trustregion.SteihaugCG` above); ``tolerances`` as in :func:`run`.
+    up to 500 parameters (a :class:`~trustregion.SteihaugCG` above); ``tolerances`` as in :func:`run`.
+    Residuals that are not floating-point tensors, or change shape between points, raise a
+    one-line error (the parameters are left where they were); non-finite residuals at the start
+    end the run with ``RunReason.NONFINITE``. A step costs one residual evaluation at the trial
+    point and one in the curvature's linearisation (:class:`~trustregion.PureClosure`).
     """
     check_callable("residuals", residuals, "residuals(*params) -> tensor of residuals")
     params = list(params)
     fit = ResidualGaussNewton(residuals, scale)
     size = sum(p.numel() for p in params)
     solver = solver or (DenseSolver(equilibrate=True) if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
-    control = control or LevenbergMarquardt(gtol=tolerances.get("gtol", Stopping.gtol), scaled=True)
+    control = control or LevenbergMarquardt(
+        1e-6, gtol=tolerances.get("gtol", Stopping.gtol), scaled=True, curvature_floor=True
+    )
     optimizer = TrustRegionMinimizer(params, curvature=fit, solver=solver, control=control)
-    return run(optimizer, fit.closure(params), callback=callback, **tolerances)
+    return run(optimizer, _checked_loss(residuals, scale, params), callback=callback, **tolerances)
+
+
+def _checked_loss(residuals: Callable[..., Tensor], scale: float, params: list[Tensor]) -> Callable[[], Tensor]:
+    """``½ scale ‖residuals(*params)‖²`` as a closure, refusing residuals that are not tensors or change shape.
+
+    The same value as :meth:`~trustregion.ResidualGaussNewton.loss`; a refusal is raised inside the
+    optimizer's step, which restores the parameters.
+    """
+    shapes: list[list[tuple[int, ...]]] = []
+
+    def loss() -> Tensor:
+        output = residuals(*params)
+        parts = tree_leaves(output)
+        if not parts or not all(isinstance(part, Tensor) and part.is_floating_point() for part in parts):
+            raise TypeError(
+                "residuals(*params) must return a floating-point tensor (or a tuple of them) computed from params; "
+                f"it returned {type(output).__name__}"
+            )
+        shape = [tuple(part.shape) for part in parts]
+        if not shapes:
+            if sum(part.numel() for part in parts) == 0:
+                raise ValueError("residuals(*params) returned no residuals (an empty tensor): return at least one")
+            shapes.append(shape)
+        elif shape != shapes[0]:
+            raise ValueError(
+                f"residuals(*params) returned shape {shape} after {shapes[0]}: return the same residuals at every "
+                "point (give a residual that does not count the value 0 rather than dropping it)"
+            )
+        return 0.5 * scale * sum(part.square().sum() for part in parts)
+
+    return loss

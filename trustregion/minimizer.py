@@ -10,14 +10,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustregion._base import Closure, Reduce, StartPoint, TrustRegionBase, component, trial_rejection
-from trustregion._vectors import add_step
+from trustregion._base import (
+    Closure,
+    KeptPoint,
+    PureClosure,
+    Reduce,
+    StartPoint,
+    TrustRegionBase,
+    component,
+    trial_rejection,
+)
 from trustregion.control import RadiusControl, TrustRadius
 from trustregion.control.base import improvement_ratio
 from trustregion.curvature import Curvature, Hessian
 from trustregion.result import RadiusStepResult, Reason, SolverReason, SolverResult
 from trustregion.solvers import Ball, Solver, SteihaugCG
 from trustregion.solvers.subproblem import escape_saddle, pull_back
+
+_NOISE_CAP = 1e4
+"""The relative evaluation noise the acceptance test learns is at most ``10⁴ ε`` (2·10⁻¹² in float64)."""
 
 
 class TrustRegionMinimizer(TrustRegionBase):
@@ -158,17 +169,21 @@ class TrustRegionMinimizer(TrustRegionBase):
         details: dict[str, Any],
     ) -> RadiusStepResult:
         """Evaluate ``θ + s`` once; the control takes or refuses it on ``ρ`` and sets its next state."""
-        calls, loss, constrained = [1], start.loss, start.constraint is not None
+        calls, loss, constrained = [start.closure_calls], start.loss, start.constraint is not None
+        recorded, outputs = _recording(closure)
         with torch.enable_grad():  # one trial per step: closures that differentiate inside (PINNs) just work
-            point = self._trial(params, saved, step, closure, calls, constrained=constrained)(1.0)
-        rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))
+            point = self._trial(params, saved, step, recorded, calls, constrained=constrained)(1.0)
+        rounding = self._rounding(loss, params[0].dtype)
         ratio = improvement_ratio(loss, point.loss, predicted, rounding)
         accepted = self.control.accept(ratio)
+        if not accepted:
+            self._learn_noise(loss, point.loss, predicted, params[0].dtype)
         state = self.control_state
-        self._set_control_state(self.control.update(state, ratio, details["step_norm"]))
-        if accepted:
-            add_step(params, saved, step, 1.0)
+        self._set_control_state(self.control.after_step(state, ratio, details["step_norm"], step, predicted))
+        if accepted:  # the parameters are at θ + s since the trial
             self.state[params[0]]["observed"] = False  # a new point for the control to observe
+        if outputs:  # a pure closure: the next step starts from this trial point, or from this start again
+            self._keep(closure, params, saved, outputs[0] if accepted else start)
         too_little = Reason.STALLED if self.control.stalled(state) else Reason.INSUFFICIENT_DECREASE
         refused = trial_rejection(point.loss, point.constraint, too_little)
         return RadiusStepResult(
@@ -180,8 +195,39 @@ class TrustRegionMinimizer(TrustRegionBase):
             actual_improvement=loss - point.loss,
             constraint_after=point.constraint,
             closure_calls=calls[0],
+            rounding=rounding,
             **details,
         )
+
+    def _rounding(self, loss: float, dtype: torch.dtype) -> float:
+        """``r = max(10 ε, ν) max(1, |loss|)``, with ``ν`` the relative evaluation noise seen so far (0 at first)."""
+        noise = self.state[self._params()[0]].get("noise", 0.0)
+        return max(10 * torch.finfo(dtype).eps, noise) * max(1.0, abs(loss))
+
+    def _learn_noise(self, loss: float, trial_loss: float, predicted: float, dtype: torch.dtype) -> None:
+        """Raise ``ν`` to what a refused step too small for the loss to resolve showed.
+
+        A step predicted to gain at most ``10⁴ ε max(1, |loss|)`` is far inside the region where the
+        quadratic model is exact to many digits, so ``|actual - predicted|`` there is the noise of the
+        loss's evaluation, not model error (Meyer's ``Σ r²`` is 88 but sums differences of numbers near
+        3·10⁴, and shows noise near 10⁻¹⁰). ``ν`` becomes twice that relative deviation, so the same
+        step tried again has ``ρ`` near ½ and is taken; it is capped at ``10⁴ ε``.
+        """
+        level, cap = max(1.0, abs(loss)), _NOISE_CAP * torch.finfo(dtype).eps
+        if not (math.isfinite(trial_loss) and 0.0 < predicted <= cap * level):
+            return
+        state = self.state[self._params()[0]]
+        seen = min(2.0 * abs(loss - trial_loss - predicted) / level, cap)
+        state["noise"] = max(state.get("noise", 0.0), seen)
+
+    def _keep(self, closure: PureClosure, params: list[Tensor], saved: list[Tensor], kept: object) -> None:
+        """Leave the accepted trial point's output, or the refused step's start, for the next step."""
+        versions = [p._version for p in params]
+        if isinstance(kept, StartPoint):
+            kept.operator = None  # its graphs are stale and the next step builds its own
+            self.kept_point = KeptPoint(closure, saved, versions, start=kept)
+        else:
+            self.kept_point = KeptPoint(closure, [p.detach().clone() for p in params], versions, output=kept)
 
     def _set_control_state(self, state: Any) -> None:
         self.state[self._params()[0]]["control"] = state
@@ -208,6 +254,14 @@ class TrustRegionMinimizer(TrustRegionBase):
                 f"({sorted(fields)}); load it into a minimizer with the same kind of control as the one that saved it"
             )
         return {**values, "control": state_type(**values["control"])}
+
+
+def _recording(closure: Closure) -> tuple[Closure, list[object]]:
+    """``closure``, recording its outputs when it is a :class:`PureClosure` (whose trial point may be kept)."""
+    outputs: list[object] = []
+    if not isinstance(closure, PureClosure):
+        return closure, outputs
+    return (lambda: outputs.append(closure()) or outputs[-1]), outputs
 
 
 def _predicted_reduction(solve: SolverResult, shift: float | Tensor) -> float:

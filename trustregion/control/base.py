@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from trustregion._validation import check_choice, check_integer, check_nonnegative
+from trustregion.result import adjusted_ratio
 from trustregion.solvers.base import METRICS, Ball
 
 
@@ -82,10 +83,16 @@ class RadiusControl(abc.ABC):
     def update(self, state: Any, ratio: float, step_norm: float) -> Any:
         """The next state after a step with ratio ``ρ`` and length ``step_norm`` (in the region's metric)."""
 
+    def after_step(self, state: Any, ratio: float, step_norm: float, step: Tensor, predicted: float) -> Any:
+        """The next state after a tried step, given the step ``s`` and its predicted reduction as well.
+
+        :class:`~trustregion.TrustRegionMinimizer` calls this after every trial point;
+        the default is :meth:`update`. A control that needs the step's direction (the
+        ``"minpack"`` rule of :class:`~trustregion.LevenbergMarquardt`) overrides it.
+        """
+        return self.update(state, ratio, step_norm)
+
 
 def improvement_ratio(loss_before: float, loss_after: float, predicted_reduction: float, rounding: float) -> float:
-    """``ρ = (actual + r) / (predicted + r)``; ``-inf`` unless both are finite and ``predicted > 0``."""
-    actual = loss_before - loss_after
-    if not (math.isfinite(actual) and math.isfinite(predicted_reduction)) or predicted_reduction <= 0:
-        return -math.inf
-    return (actual + rounding) / (predicted_reduction + rounding)
+    """``ρ = (actual + r) / (predicted + r)`` with ``actual = before - after`` (:func:`.adjusted_ratio`)."""
+    return adjusted_ratio(loss_before - loss_after, predicted_reduction, rounding)

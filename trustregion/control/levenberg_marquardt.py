@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -43,6 +44,16 @@ class LevenbergMarquardt(RadiusControl):
     consecutive failures. ``μ`` is kept in ``[min_damping, max_damping]``; a step
     refused at ``max_damping`` is reported as ``Reason.STALLED``.
 
+    With ``curvature_floor=True`` a refused step also lifts ``μ`` to at least
+    ``κ = sᵀAs / ‖D s‖²``, the model's curvature along the refused step ``s`` per
+    unit of (scaled) length: along ``s`` the damped step is ``(κ + μ)/(κ + μ')``
+    times as long, so ``μ' >= κ`` at least halves it where the curvature
+    dominates (a Gauss-Newton step too long for the region it is trusted in), which
+    doubling ``μ`` reaches only after ``log₂(κ/μ)`` further refusals. MINPACK's
+    ``lmder`` gets there by solving ``‖D s(μ)‖ = Δ`` on the Jacobian's QR factors;
+    ``κ`` comes from the predicted reduction, ``gᵀs - ½ sᵀAs = ½ sᵀAs + μ ‖D s‖²``
+    for the damped solve, so it costs no product.
+
     With ``scaled=True`` the damping is ``μ D²`` instead of ``μ I``, where ``D_j`` is
     the largest ``sqrt(A_jj)`` (the norm of the Jacobian's column ``j`` for
     ``A = JᵀJ``) seen so far: Moré's scaling in MINPACK's ``lmder`` ("The
@@ -62,6 +73,8 @@ class LevenbergMarquardt(RadiusControl):
         max_damping: upper bound of ``μ``.
         gtol: first-order tolerance on ``‖∇loss‖`` (see :class:`RadiusControl`).
         scaled: damp with ``μ D²`` (Moré's scaling) instead of ``μ I``.
+        curvature_floor: after a refused step, ``μ >= sᵀAs / ‖D s‖²`` (see above;
+            :func:`~trustregion.least_squares` turns it on).
     """
 
     state_type = DampingState
@@ -75,11 +88,15 @@ class LevenbergMarquardt(RadiusControl):
         max_damping: float = 1e12,
         gtol: float = 1e-5,
         scaled: bool = False,
+        curvature_floor: bool = False,
     ) -> None:
         super().__init__(metric="euclidean", gtol=gtol)
         if not isinstance(scaled, bool):
             raise TypeError(f"scaled must be True or False (got {scaled!r})")
         self.scaled = scaled
+        if not isinstance(curvature_floor, bool):
+            raise TypeError(f"curvature_floor must be True or False (got {curvature_floor!r})")
+        self.curvature_floor = curvature_floor
         self.initial_damping = check_positive("initial_damping", initial_damping)
         self.min_damping = check_positive("min_damping", min_damping)
         self.max_damping = check_positive("max_damping", max_damping)
@@ -125,8 +142,28 @@ class LevenbergMarquardt(RadiusControl):
         damping = min(max(damping, self.min_damping), self.max_damping)
         return DampingState(damping, min(growth, _MAX_GROWTH), state.scale)
 
+    def after_step(
+        self, state: DampingState, ratio: float, step_norm: float, step: Tensor, predicted: float
+    ) -> DampingState:
+        """:meth:`update`, and with ``curvature_floor`` a refused step's ``μ`` at least ``sᵀAs / ‖D s‖²``."""
+        updated = self.update(state, ratio, step_norm)
+        if not self.curvature_floor or self.accept(ratio):
+            return updated
+        length = self._scaled_length(state, step)
+        if not (math.isfinite(predicted) and 0.0 < length < math.inf):
+            return updated
+        curvature = max(2.0 * (predicted - state.damping * length**2), 0.0) / length**2
+        return replace(updated, damping=min(max(updated.damping, curvature), self.max_damping))
+
+    def _scaled_length(self, state: DampingState, step: Tensor) -> float:
+        """``‖D s‖`` (``‖s‖`` unscaled)."""
+        if state.scale is None:
+            return torch.linalg.vector_norm(step).item()
+        scale = torch.tensor(state.scale, dtype=step.dtype, device=step.device)
+        return torch.linalg.vector_norm(scale * step).item()
+
     def __repr__(self) -> str:
         return (
             f"LevenbergMarquardt(initial_damping={self.initial_damping}, eta={self.eta}, gtol={self.gtol}, "
-            f"scaled={self.scaled})"
+            f"scaled={self.scaled}, curvature_floor={self.curvature_floor})"
         )
