@@ -17,6 +17,8 @@ double backward of the KL).
 
     python benchmarks/throughput.py            # full: a few minutes
     python benchmarks/throughput.py --smoke    # CI: under a minute, tiny budgets
+    python benchmarks/throughput.py --envs Hopper-v5 --preconditioner none kfac --cg-iters 10 25
+                                               # also ours (defaults) with each CG preconditioner and cap
 
 sb3-contrib is optional (``pip install sb3-contrib torch==<the installed torch>``); without it
 only our numbers are printed.
@@ -37,6 +39,7 @@ import torch
 from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
+from agents.common.config import TRPOConfig
 from trustregion import LinearOperator, TrustRegionOptimizer
 from trustregion.curvature import Curvature, StepProblem
 
@@ -60,7 +63,7 @@ class TimedCurvature(Curvature):
             self.seconds.append(time.perf_counter() - start)
             return result
 
-        return LinearOperator(timed_product, operator.dim, positive_semidefinite=operator.positive_semidefinite)
+        return operator.in_dtype(timed_product)  # keeps what preconditioners read: diagonal, factors, shift
 
 
 def time_curvature_products(optimizer: TrustRegionOptimizer) -> list[float]:
@@ -115,7 +118,8 @@ def rl_zoo_setting(env: str) -> Setting:
     return Setting(env, n_envs, n_steps, sb3, normalize=normalize)
 
 
-SETTINGS = {env: rl_zoo_setting(env) for env in ("CartPole-v1", "Hopper-v5")}
+SETTINGS = {env: rl_zoo_setting(env) for env in ("CartPole-v1", "Hopper-v5", "HalfCheetah-v5")}
+DEFAULT_ENVS = ["CartPole-v1", "Hopper-v5"]
 SB3_CG_DEFAULT = 15
 
 
@@ -140,6 +144,19 @@ def ours_matching_sb3(setting: Setting) -> dict[str, Any]:
 
 def ours_defaults(setting: Setting) -> dict[str, Any]:
     return {"num_envs": setting.num_envs, "n_steps": setting.n_steps}
+
+
+def ours_preconditioned(setting: Setting, preconditioners: list[str], cg_iters: list[int]) -> dict[str, dict[str, Any]]:
+    """Our defaults with each preconditioner at each CG cap (``--preconditioner``, ``--cg-iters``), by row label."""
+    return {
+        f"ours ({preconditioner}, cg {iterations})": {
+            **ours_defaults(setting),
+            "preconditioner": preconditioner,
+            "cg_iters": iterations,
+        }
+        for preconditioner in preconditioners
+        for iterations in cg_iters
+    }
 
 
 # ---------------------------------------------------------------------------------------- ours
@@ -276,16 +293,23 @@ class Measurement:
 
 
 def measure(
-    setting: Setting, steps: int, rounds: int, repeats: int, with_sb3: bool, sb3_threads: int
+    setting: Setting,
+    steps: int,
+    rounds: int,
+    repeats: int,
+    with_sb3: bool,
+    sb3_threads: int,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Measurement]:
-    """Interleaved samples: every round runs ours (defaults), sb3-contrib, ours (sb3 settings) in a row.
+    """Interleaved samples: every round runs ours (defaults), sb3-contrib, ours (sb3 settings) in a row,
+    then each ``extra`` variant of ours (row label -> options; see :func:`ours_preconditioned`).
 
     The machine's speed drifts by tens of percent over seconds; each ratio divides two samples
     taken next to each other, and the table reports the median of those ratios.
     """
     default_threads = torch.get_num_threads()
-    variants = dict(zip(OURS, (ours_defaults(setting), ours_matching_sb3(setting)), strict=True))
-    order = [OURS[0], SB3, OURS[1]] if with_sb3 else list(OURS)
+    variants = dict(zip(OURS, (ours_defaults(setting), ours_matching_sb3(setting)), strict=True)) | (extra or {})
+    order = ([OURS[0], SB3, OURS[1]] if with_sb3 else list(OURS)) + list(extra or {})
 
     def run(name: str, seed: int) -> float:
         if name == SB3:
@@ -299,7 +323,7 @@ def measure(
     for round_index in range(rounds):
         for name in order:
             rates[name].append(run(name, round_index))
-    updaters: dict[str, TimedUpdate] = {name: OursUpdate(setting, variants[name]) for name in OURS}
+    updaters: dict[str, TimedUpdate] = {name: OursUpdate(setting, options) for name, options in variants.items()}
     if with_sb3:
         torch.set_num_threads(sb3_threads)
         updaters[SB3] = Sb3Update(setting)
@@ -338,14 +362,17 @@ def print_table(env: str, setting: Setting, results: dict[str, Measurement]) -> 
         else:
             speedup, update_ratio = _median_and_range(result.speedups), _median_and_range(result.update_ratios)
             product_ratio = f"{product / statistics.median(sb3.product_seconds):.2f}"
+        rate = f"{statistics.median(result.steps_per_second):8.0f}" if result.steps_per_second else f"{'n/a':>8s}"
         print(
-            f"{name:20s} {statistics.median(result.steps_per_second):8.0f} "
+            f"{name:20s} {rate} "
             f"{1000 * statistics.median(result.update_seconds):10.1f} {1000 * product:11.2f} "
             f"{speedup:>22s} {update_ratio:>22s} {product_ratio:>14s}"
         )
 
 
 def _median_and_range(ratios: list[float]) -> str:
+    if not ratios:
+        return "n/a"
     return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
@@ -354,8 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="invalid value encountered")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, for CI (< 1 minute)")
-    parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--rounds", type=int, default=None, help="alternating measurement rounds")
+    parser.add_argument("--envs", nargs="+", default=DEFAULT_ENVS, choices=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=None, help="alternating training rounds (0: updates only)")
     parser.add_argument("--no-sb3", action="store_true", help="measure ours only")
     parser.add_argument(
         "--sb3-threads",
@@ -363,18 +390,29 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="torch threads for sb3 (ours uses its torch_threads setting, 1); 1 was sb3's fastest here",
     )
+    parser.add_argument(
+        "--preconditioner",
+        nargs="+",
+        choices=("none", "jacobi", "kfac"),
+        help="also time ours (defaults) with each of these CG preconditioners, at each --cg-iters",
+    )
+    parser.add_argument("--cg-iters", nargs="+", type=int, help="CG caps of those extra rows (default: env default)")
     args = parser.parse_args(argv)
     with_sb3 = not args.no_sb3 and sb3_available()
     if not args.no_sb3 and not with_sb3:
         print("sb3-contrib is not installed: measuring ours only (pip install sb3-contrib torch==<installed torch>)")
-    rounds = args.rounds or (1 if args.smoke else 5)
+    rounds = args.rounds if args.rounds is not None else (1 if args.smoke else 5)
     repeats = 2 if args.smoke else 9
     print(f"torch {torch.__version__}; torch threads: ours 1, sb3 {args.sb3_threads}; {rounds} round(s)")
     for env in args.envs:
         setting = SETTINGS[env]
         batch = setting.num_envs * setting.n_steps
         iterations = 1 if args.smoke else (20 if env.startswith("CartPole") else 5)
-        results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads)
+        extra = None
+        if args.preconditioner or args.cg_iters:
+            cg_iters = args.cg_iters or [TRPOConfig.for_env(env).cg_iters]
+            extra = ours_preconditioned(setting, args.preconditioner or ["none"], cg_iters)
+        results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads, extra)
         print_table(env, setting, results)
 
 

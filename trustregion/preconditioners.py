@@ -134,10 +134,6 @@ PreconditionerLike = Preconditioner | Apply
 """What a solver's ``preconditioner=`` takes: a :class:`Preconditioner`, or a fixed ``r -> P⁻¹ r``."""
 
 
-PreconditionerLike = Preconditioner | Apply
-"""What a solver's ``preconditioner=`` takes: a :class:`Preconditioner`, or a fixed ``r -> P⁻¹ r``."""
-
-
 def _eigen_layer(layer: KroneckerLayer, shift: Tensor, floor: float, like: Tensor):
     input_values, input_basis = torch.linalg.eigh(layer.input_factor.to(like))
     output_values, output_basis = torch.linalg.eigh(layer.output_factor.to(like))

@@ -22,6 +22,9 @@ SMOKE_COMMANDS = {  # script and arguments ({tmp}: the test's temporary director
     "scipy_parity": (["scipy_parity.py", "--smoke"], "rosenbrock"),
     "throughput": (["throughput.py", "--smoke"], "ours (defaults)"),
     "returns": (["returns.py", "--smoke", "--results", "{tmp}/results"], "CartPole-v1"),
+    "scaling": (["scaling.py", "--smoke"], "CartPole-v1"),
+    "pinn": (["pinn.py", "--smoke", "--plot", "{tmp}/pinn.png"], "engd"),
+    "preconditioning": (["preconditioning.py", "--quick"], "kfac"),
 }
 
 
