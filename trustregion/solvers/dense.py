@@ -1,4 +1,4 @@
-"""Dense reference solver: forms ``A`` column by column and factorises it."""
+"""Dense solver: the operator's matrix ``A``, factorised: for small problems and as a reference."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ from trustregion.solvers.base import Solver
 class DenseSolver(Solver):
     """``s = A⁻¹ g`` by the pseudo-inverse (:func:`torch.linalg.pinv`), minimum-norm if singular.
 
-    Costs ``n`` products and ``O(n³)`` time: a reference for tests and for tiny
-    problems, never for networks. Negative curvature is reported when the
+    The matrix is the operator's own (:meth:`~trustregion.LinearOperator.dense`): ``n``
+    products in general; an operator that knows a cheaper way forms it that way, as
+    :class:`~trustregion.ResidualGaussNewton`'s does from the Jacobian (``min(m, n)``
+    passes and one matrix product ``c JᵀJ``, kept for the next step when a refused
+    step leaves the parameters where they were). Then ``O(n³)`` time: for problems of
+    up to a few hundred parameters (:func:`~trustregion.least_squares` uses it up to
+    500), never for large networks. Negative curvature is reported when the
     solution has ``sᵀAs <= 0``.
 
     Args:
