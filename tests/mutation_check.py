@@ -87,10 +87,10 @@ MUTANTS = [
         PRECONDITIONER_TESTS,
     ),
     Mutant(
-        "steihaug_accepts_an_indefinite_preconditioner",
-        "solvers/steihaug.py",
-        "return preconditioned, residual_dot, SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None",
-        "return preconditioned, residual_dot, None",
+        "solvers_accept_an_indefinite_preconditioner",
+        "solvers/base.py",
+        "return SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None",
+        "return None",
         PRECONDITIONER_TESTS,
     ),
     Mutant(

@@ -91,6 +91,13 @@ def check_preconditioner(preconditioner: object) -> PreconditionerLike | None:
     )
 
 
+def preconditioned_reason(residual_dot: float) -> SolverReason | None:
+    """Why a preconditioned solve must stop at ``rᵀP⁻¹r``: non-finite, or not positive (``P`` indefinite)."""
+    if not math.isfinite(residual_dot):
+        return SolverReason.NONFINITE
+    return SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None
+
+
 def solver_result(
     solution: Tensor,
     rhs: Tensor,

@@ -11,7 +11,7 @@ from trustregion._validation import check_integer, check_nonnegative
 from trustregion.operator import LinearOperator
 from trustregion.preconditioners import PreconditionerLike, preconditioning
 from trustregion.result import SolverReason, SolverResult
-from trustregion.solvers.base import Solver, check_preconditioner, solver_result
+from trustregion.solvers.base import Solver, check_preconditioner, preconditioned_reason, solver_result
 
 
 class ConjugateGradient(Solver):
@@ -65,7 +65,7 @@ class ConjugateGradient(Solver):
         preconditioned = precondition(residual)
         direction = preconditioned.clone()
         residual_dot = residual @ preconditioned
-        reason = _preconditioned_reason(residual_dot.item()) if self.preconditioner is not None else None
+        reason = preconditioned_reason(residual_dot.item()) if self.preconditioner is not None else None
         iterations = 0
         while reason is None and iterations < self.max_iter:
             product = operator(direction)
@@ -86,7 +86,7 @@ class ConjugateGradient(Solver):
                 break
             preconditioned = precondition(residual)
             new_residual_dot = residual @ preconditioned
-            if self.preconditioner is not None and (reason := _preconditioned_reason(new_residual_dot.item())):
+            if self.preconditioner is not None and (reason := preconditioned_reason(new_residual_dot.item())):
                 break
             direction = preconditioned + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
@@ -94,10 +94,3 @@ class ConjugateGradient(Solver):
 
     def __repr__(self) -> str:
         return f"ConjugateGradient(max_iter={self.max_iter}, tol={self.tol:g}, preconditioner={self.preconditioner!r})"
-
-
-def _preconditioned_reason(residual_dot: float) -> SolverReason | None:
-    """Why a preconditioned solve must stop at ``rᵀP⁻¹r``: non-finite, or not positive (``P`` indefinite)."""
-    if not math.isfinite(residual_dot):
-        return SolverReason.NONFINITE
-    return SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None

@@ -11,7 +11,7 @@ from trustregion._validation import check_integer, check_nonnegative
 from trustregion.operator import LinearOperator
 from trustregion.preconditioners import PreconditionerLike, preconditioning
 from trustregion.result import SolverReason, SolverResult
-from trustregion.solvers.base import Ball, Solver, check_preconditioner, solver_result
+from trustregion.solvers.base import Ball, Solver, check_preconditioner, preconditioned_reason, solver_result
 
 _UNBOUNDED = Ball(math.inf)
 
@@ -223,9 +223,7 @@ def _precondition(precondition, residual: Tensor, residual_square: float) -> tup
         return residual, residual_square, None
     preconditioned = precondition(residual)
     residual_dot = (residual @ preconditioned).item()
-    if not math.isfinite(residual_dot):
-        return preconditioned, residual_dot, SolverReason.NONFINITE
-    return preconditioned, residual_dot, SolverReason.INDEFINITE_PRECONDITIONER if residual_dot <= 0.0 else None
+    return preconditioned, residual_dot, preconditioned_reason(residual_dot)
 
 
 def _positive_root(a: float, b: float, offset: float) -> float:
