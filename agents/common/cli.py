@@ -31,14 +31,9 @@ from typing import Any, NoReturn
 
 from agents.common.checkpoint import atomic_write_text
 from agents.common.config import (
-    ACTIVATIONS,
-    CURVATURES,
+    CHOICES,
     DEFAULT_TOTAL_STEPS,
-    DTYPES,
     ENV_DEFAULTS,
-    KL_ESTIMATORS,
-    PRECONDITIONERS,
-    VECTORIZATION_MODES,
     TRPOConfig,
     default_total_steps,
     env_defaults,
@@ -97,15 +92,6 @@ FIELD_HELP: dict[str, str] = {
     "eval_episodes": "episodes of the final deterministic evaluation, and of --eval",
 }
 """One line per config field: what the flag does (its default and choices are added to it)."""
-
-_CHOICES = {
-    "vectorization_mode": VECTORIZATION_MODES,
-    "curvature": CURVATURES,
-    "preconditioner": PRECONDITIONERS,
-    "kl_estimator": KL_ESTIMATORS,
-    "dtype": DTYPES,
-    "activation": ACTIVATIONS,
-}
 
 USAGE_HINT = "usage: {prog} [options]; see --help"
 
@@ -202,8 +188,8 @@ def _add_field_flag(hyper: argparse._ArgumentGroup, name: str, kind: str, help_t
     flag = "--" + name.replace("_", "-")
     if kind == "bool":
         hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    elif name in _CHOICES:
-        hyper.add_argument(flag, choices=_CHOICES[name], default=None, help=help_text)
+    elif name in CHOICES:
+        hyper.add_argument(flag, choices=CHOICES[name], default=None, help=help_text)
     elif kind in ("int", "float"):
         metavar = "N" if kind == "int" else "X"
         hyper.add_argument(flag, type=int if kind == "int" else float, metavar=metavar, help=help_text)

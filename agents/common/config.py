@@ -94,7 +94,7 @@ class TRPOConfig:
         check_positive("max_kl", self.max_kl, "the trust-region radius δ; TRPO uses 0.01")
         check_positive("value_lr", self.value_lr, "the critic's Adam learning rate, e.g. 1e-3")
         check_finite("log_std_init", self.log_std_init, "the initial log standard deviation, e.g. 0.0")
-        for name, choices in _CHOICES.items():
+        for name, choices in CHOICES.items():
             check_choice(name, getattr(self, name), choices)
         if self.preconditioner != "none" and self.curvature != "gauss-newton":
             raise ValueError(
@@ -152,7 +152,7 @@ _INTERVALS: dict[str, tuple[float, float, str]] = {
 }
 """Number fields in a closed interval, with a hint for the error message."""
 
-_CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[str, ...]] = {
     "vectorization_mode": VECTORIZATION_MODES,
     "curvature": CURVATURES,
     "preconditioner": PRECONDITIONERS,
@@ -160,6 +160,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": DTYPES,
     "activation": ACTIVATIONS,
 }
+"""Fields with a fixed set of values (the CLI offers them as its flags' choices)."""
 
 
 def check_names(values: dict[str, Any]) -> None:

@@ -32,6 +32,16 @@ def rollout_batch(agent):
     return agent.rollout_batch()
 
 
+def policy_step(env, **options):
+    """The flat change of the actor's parameters in one accepted policy step of a fresh float64 agent."""
+    agent = TRPO(env, seed=3, dtype="float64", **options, **SMALL)
+    before = parameters(agent.actor)
+    assert agent.update_policy(rollout_batch(agent)).accepted
+    step = torch.cat([(p - b).reshape(-1) for p, b in zip(parameters(agent.actor), before, strict=True)])
+    agent.close()
+    return step
+
+
 def test_cartpole_learns():
     agent = TRPO("CartPole-v1", seed=0).learn(40_000)
     assert agent.history[-1]["mean_return"] >= 195
@@ -64,16 +74,7 @@ def test_kl_within_trust_region_after_every_accepted_update(env, options):
 
 @pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1", "tests/Random-multidiscrete-v0"])
 def test_gauss_newton_and_kl_hessian_give_the_same_step(env):
-    steps = {}
-    for curvature in ("gauss-newton", "kl-hessian"):
-        agent = TRPO(env, seed=3, dtype="float64", curvature=curvature, **SMALL)
-        before = parameters(agent.actor)
-        result = agent.update_policy(rollout_batch(agent))
-        assert result.accepted
-        steps[curvature] = torch.cat(
-            [(p - b).reshape(-1) for p, b in zip(parameters(agent.actor), before, strict=True)]
-        )
-        agent.close()
+    steps = {curvature: policy_step(env, curvature=curvature) for curvature in ("gauss-newton", "kl-hessian")}
     assert torch.linalg.vector_norm(steps["gauss-newton"]) > 0
     torch.testing.assert_close(steps["gauss-newton"], steps["kl-hessian"], rtol=1e-7, atol=1e-10)
 
@@ -81,16 +82,7 @@ def test_gauss_newton_and_kl_hessian_give_the_same_step(env):
 @pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1"])
 def test_a_preconditioned_solve_to_convergence_gives_the_same_step(env):
     """Jacobi and K-FAC change the Krylov space, not the system: solved to convergence, the step is the same."""
-    steps = {}
-    for preconditioner in ("none", "jacobi", "kfac"):
-        agent = TRPO(env, seed=3, dtype="float64", preconditioner=preconditioner, cg_iters=400, **SMALL)
-        before = parameters(agent.actor)
-        result = agent.update_policy(rollout_batch(agent))
-        assert result.accepted
-        steps[preconditioner] = torch.cat(
-            [(p - b).reshape(-1) for p, b in zip(parameters(agent.actor), before, strict=True)]
-        )
-        agent.close()
+    steps = {name: policy_step(env, preconditioner=name, cg_iters=400) for name in ("none", "jacobi", "kfac")}
     for preconditioner in ("jacobi", "kfac"):
         torch.testing.assert_close(steps[preconditioner], steps["none"], rtol=1e-6, atol=1e-9)
 

@@ -91,13 +91,11 @@ class SteihaugCG(Solver):
             return solver_result(solution, rhs, rhs.clone(), reason, 0, rhs_norm)
         tolerance = (min(0.5, math.sqrt(rhs_norm)) if self.tol is None else self.tol) * rhs_norm
         precondition = preconditioning(self.preconditioner, operator, rhs)
-        boundary = _Boundary(region, preconditioned=precondition is not None)
         residual = rhs.clone()
-        direction, residual_dot, refused = _precondition(precondition, residual, (rhs @ rhs).item())  # not ‖g‖²
+        direction, residual_dot, refused = _precondition(precondition, rhs, (rhs @ rhs).item())  # not ‖g‖²
         if refused is not None:
             return solver_result(solution, rhs, residual, refused, 0, rhs_norm)
-        direction = direction.clone()
-        boundary.begin(residual_dot)
+        boundary = _Boundary(region, preconditioned=precondition is not None, residual_dot=residual_dot)
         iterations = 0
         for _ in range(self.max_iter or 10 * operator.dim):
             product = operator(direction)
@@ -146,15 +144,12 @@ class _Boundary:
     Nocedal & Wright (2006, sec. 7.2), which need no product with ``P``.
     """
 
-    def __init__(self, region: Ball, *, preconditioned: bool) -> None:
+    def __init__(self, region: Ball, *, preconditioned: bool, residual_dot: float) -> None:
         self.region = region
         self.scaled = preconditioned and region.metric == "euclidean"
         self.solution_curvature = 0.0  # sᵀAs, operator metric only
-        self.scaled_terms = [0.0, 0.0, 0.0]  # sᵀPs, sᵀPp, pᵀPp in the scaled (preconditioned) case
-
-    def begin(self, residual_dot: float) -> None:
-        """``p_0 = P⁻¹ r_0``: ``p_0ᵀ P p_0 = r_0ᵀ P⁻¹ r_0``."""
-        self.scaled_terms[2] = residual_dot
+        # sᵀPs, sᵀPp, pᵀPp in the scaled (preconditioned) case; p_0 = P⁻¹r_0 gives p_0ᵀ P p_0 = r_0ᵀ P⁻¹ r_0
+        self.scaled_terms = [0.0, 0.0, residual_dot]
 
     def _quadratic(self, solution: Tensor, direction: Tensor, solution_product: float, curvature: float):
         """``(c, b, a)`` with ``‖s + τp‖² = c + 2bτ + aτ²``."""
