@@ -5,12 +5,12 @@ are measured by running the scripts in full (docs/benchmarks.md). A smoke run wr
 into the test's temporary directory: the places the scripts write by default are left as they were.
 """
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from project_files import load_script
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RESULTS, PLOTS = BENCHMARKS / "results", BENCHMARKS.parent / "docs" / "img" / "returns"
@@ -59,9 +59,7 @@ def test_benchmark_smoke_mode_runs_and_prints_a_table(name, tmp_path):
 
 def test_returns_smoke_without_results_uses_a_temporary_folder_it_deletes(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("returns_benchmark", BENCHMARKS / "returns.py")
-    returns = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(returns)
+    returns = load_script("benchmarks/returns.py", "returns_benchmark")
     seen = []
     monkeypatch.setattr(returns, "run", lambda parser, args: seen.append((args.results, args.results.is_dir())))
     returns.main(["--smoke"])

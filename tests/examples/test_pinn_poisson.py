@@ -1,18 +1,10 @@
 """The PINN example on a reduced problem: the default least-squares call cuts the error by orders of magnitude."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pinn_poisson.py"
+from project_files import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("pinn_poisson", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("pinn_poisson", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/pinn_poisson.py")
 
 
 def test_reduced_poisson_reaches_a_small_relative_error(capsys):

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from project_files import load_script
 from scipy.optimize import least_squares
 
 from trustregion import Reason
 from trustregion.result import SolverReason
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"examples/{name}.py")
 
 
 def test_newton_cg_example(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,15 +9,13 @@ numbers (``benchmarks/scipy_parity.py``), not test thresholds; the tests check w
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from project_files import load_script
 from scipy.optimize import least_squares as scipy_least_squares
 
 from trustregion import (
@@ -33,18 +31,7 @@ from trustregion import (
     run,
 )
 
-MGH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "mgh.py"
-
-
-def load_mgh():
-    spec = importlib.util.spec_from_file_location("mgh", MGH_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("mgh", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-mgh = load_mgh()
+mgh = load_script("benchmarks/mgh.py")
 SLOW = {"Gulf research", "Meyer"}  # hundreds of steps each; Meyer has its own tests below
 
 

@@ -8,26 +8,13 @@ ours must not; the unbounded quadratic must never be reported converged.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from project_files import load_script
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "scipy_parity.py"
 GTOL = 1e-8
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("scipy_parity", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("scipy_parity", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-parity = load_benchmark()
+parity = load_script("benchmarks/scipy_parity.py")
 PROBLEMS = parity.zoo(rosenbrock_dim=100)
 MINIMA = [p for p in PROBLEMS if p.kind == "minimum"]
 SADDLES = [p for p in PROBLEMS if p.kind in ("saddle start", "into saddle")]
