@@ -374,3 +374,14 @@ def test_a_preconditioned_minimizer_step_is_measured_in_the_preconditioner_norm(
     torch.testing.assert_close(point.detach(), newton, rtol=1e-10, atol=1e-12)
     p_norm = (newton * curvatures * newton).sum().sqrt().item()
     assert result.step_norm == pytest.approx(p_norm, rel=1e-10)
+
+
+@pytest.mark.parametrize("solver_type", [ConjugateGradient, SteihaugCG])
+def test_a_preconditioner_indefinite_off_the_first_residual_stops_the_solve_at_the_last_iterate(solver_type) -> None:
+    """``P⁻¹ = diag(1, -1)`` is positive on ``g = e_1`` but not on the next residual: the first iterate is kept."""
+    matrix = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=DTYPE)
+    signs = torch.tensor([1.0, -1.0], dtype=DTYPE)
+    rhs = torch.tensor([1.0, 0.0], dtype=DTYPE)
+    result = solver_type(max_iter=5, tol=0.0, preconditioner=lambda r: r * signs)(matrix_operator(matrix), rhs)
+    assert result.reason is SolverReason.INDEFINITE_PRECONDITIONER and result.iterations == 1
+    torch.testing.assert_close(result.direction, torch.tensor([0.5, 0.0], dtype=DTYPE))

@@ -74,6 +74,8 @@ class ConjugateGradient(Solver):
             if not math.isfinite(curvature_value) or not math.isfinite(residual_dot_value):
                 reason = SolverReason.NONFINITE
                 break
+            if self.preconditioner is not None and (reason := preconditioned_reason(residual_dot_value)):
+                break  # rᵀP⁻¹r read with pᵀAp above: no synchronisation of its own
             if curvature_value <= 0.0:
                 reason = SolverReason.NEGATIVE_CURVATURE
                 break
@@ -86,8 +88,6 @@ class ConjugateGradient(Solver):
                 break
             preconditioned = precondition(residual)
             new_residual_dot = residual @ preconditioned
-            if self.preconditioner is not None and (reason := preconditioned_reason(new_residual_dot.item())):
-                break
             direction = preconditioned + (new_residual_dot / residual_dot) * direction
             residual_dot = new_residual_dot
         return solver_result(solution, rhs, residual, reason or SolverReason.MAX_ITERATIONS, iterations, rhs_norm)
