@@ -335,6 +335,13 @@ def start(agent_class: Any, args: argparse.Namespace, parser: argparse.ArgumentP
     except BaseException:
         agent.close()
         raise
+    return _train_announced(agent, run_dir, total_steps, args, parser)
+
+
+def _train_announced(
+    agent: Any, run_dir: Path, total_steps: int, args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> int:
+    """Say where the run writes (the process that writes files), then :func:`train`."""
     if agent.writes_files:
         print(f"run directory: {run_dir}", file=sys.stderr)
     return train(agent, run_dir, total_steps, args, parser)
@@ -375,9 +382,7 @@ def resume(agent_class: Any, args: argparse.Namespace, parser: argparse.Argument
     except BaseException:
         agent.close()
         raise
-    if agent.writes_files:
-        print(f"run directory: {run_dir}", file=sys.stderr)
-    return train(agent, run_dir, total_steps, args, parser)
+    return _train_announced(agent, run_dir, total_steps, args, parser)
 
 
 def _check_resumable(agent: Any, run_dir: Path) -> None:
