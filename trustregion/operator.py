@@ -35,7 +35,7 @@ class KroneckerLayer:
 
 @dataclass(frozen=True)
 class KroneckerFactors:
-    """The K-FAC blocks of an operator's linear layers and its exact diagonal for every other entry."""
+    """The K-FAC blocks of an operator's linear layers and its exact diagonal elsewhere (0 on the layers)."""
 
     layers: tuple[KroneckerLayer, ...]
     diagonal: Tensor

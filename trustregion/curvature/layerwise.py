@@ -323,10 +323,13 @@ class ColumnStatistics:
     def _slice(self, index: int) -> slice:
         return slice(self._offsets[index], self._offsets[index + 1])
 
-    def diagonal(self) -> Tensor:
-        """The exact ``diag(Jᵀ M J)``: per-input squares, ``Σ_{k,i} (g_{ki}²)ᵀ (x_i²)`` for a weight."""
+    def diagonal(self, *, layers: bool = True) -> Tensor:
+        """The exact ``diag(Jᵀ M J)``: per-input squares, ``Σ_{k,i} (g_{ki}²)ᵀ (x_i²)`` for a weight.
+
+        ``layers=False`` leaves the linear layers' entries at zero (K-FAC replaces them).
+        """
         parts = [torch.zeros_like(p) for p in self._params]
-        for step, x, g in self._layers:
+        for step, x, g in self._layers if layers else ():
             squares = g.square().sum(0)
             parts[step.weight] += squares.t() @ x.square()
             if step.bias is not None:
@@ -336,7 +339,7 @@ class ColumnStatistics:
         return flatten(parts)
 
     def kronecker_factors(self) -> KroneckerFactors:
-        """Each layer's ``Ā = (1/N) Σ x̄ x̄ᵀ`` and ``G = Σ g gᵀ``; the exact diagonal for the rest."""
+        """Each layer's ``Ā = (1/N) Σ x̄ x̄ᵀ`` and ``G = Σ g gᵀ``; the exact diagonal elsewhere (0 on layers)."""
         layers = []
         for step, x, g in self._layers:
             if step.bias is not None:
@@ -344,7 +347,7 @@ class ColumnStatistics:
             rows = g.reshape(-1, g.shape[-1])
             bias = None if step.bias is None else self._slice(step.bias)
             layers.append(KroneckerLayer(self._slice(step.weight), bias, x.t() @ x / x.shape[0], rows.t() @ rows))
-        return KroneckerFactors(tuple(layers), self.diagonal())
+        return KroneckerFactors(tuple(layers), self.diagonal(layers=False))
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
