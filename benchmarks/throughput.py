@@ -19,6 +19,9 @@ double backward of the KL).
     python benchmarks/throughput.py --smoke    # CI: under a minute, tiny budgets
     python benchmarks/throughput.py --envs Hopper-v5 --preconditioner none kfac --cg-iters 10 25
                                                # also ours (defaults) with each CG preconditioner and cap
+    python benchmarks/throughput.py --envs CartPole-v1 --vectorization-mode vector_entry_point
+                                               # also ours (defaults) on the environment's own vector
+                                               # implementation (gymnasium's vector_entry_point)
 
 sb3-contrib is optional (``pip install sb3-contrib torch==<the installed torch>``); without it
 only our numbers are printed.
@@ -35,11 +38,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
 import torch
 from rl_zoo import rl_zoo_trpo
 
 from agents import TRPO
-from agents.common.config import TRPOConfig
+from agents.common.config import VECTORIZATION_MODES, TRPOConfig
 from trustregion import LinearOperator, TrustRegionOptimizer
 from trustregion.curvature import Curvature, StepProblem
 
@@ -156,6 +160,18 @@ def ours_preconditioned(setting: Setting, preconditioners: list[str], cg_iters: 
         }
         for preconditioner in preconditioners
         for iterations in cg_iters
+    }
+
+
+def ours_vectorized(setting: Setting, modes: list[str]) -> dict[str, dict[str, Any]]:
+    """Our defaults in each vectorization mode (``--vectorization-mode``), by row label.
+
+    ``vector_entry_point`` is left out for an environment without its own vector implementation."""
+    native = gym.spec(setting.env).vector_entry_point is not None
+    return {
+        f"ours ({mode})": {**ours_defaults(setting), "vectorization_mode": mode}
+        for mode in modes
+        if mode != "vector_entry_point" or native
     }
 
 
@@ -278,6 +294,7 @@ class Sb3Update(TimedUpdate):
 
 # ---------------------------------------------------------------------------------------- main
 SB3 = "sb3-contrib"
+NAME_WIDTH = 25  # "ours (vector_entry_point)"
 OURS = ("ours (defaults)", "ours (sb3 settings)")
 
 
@@ -323,35 +340,60 @@ def measure(
     for round_index in range(rounds):
         for name in order:
             rates[name].append(run(name, round_index))
+    updaters = make_updaters(setting, variants, with_sb3, sb3_threads)
+    updates = time_updates(setting, updaters, order, repeats, sb3_threads)
+    results = {name: measurement(name, rates, updates, updaters[name].product_seconds) for name in order}
+    for updater in updaters.values():
+        updater.close()
+    return results
+
+
+def measurement(
+    name: str, rates: dict[str, list[float]], updates: dict[str, list[float]], product_seconds: list[float]
+) -> Measurement:
+    """The samples of ``name`` and their ratios to sb3-contrib's samples of the same round (none without sb3)."""
+
+    def ratios(samples: dict[str, list[float]]) -> list[float]:
+        return [a / b for a, b in zip(samples[name], samples[SB3], strict=True)] if SB3 in samples else []
+
+    return Measurement(rates[name], updates[name], product_seconds, ratios(rates), ratios(updates))
+
+
+def make_updaters(
+    setting: Setting, variants: dict[str, dict[str, Any]], with_sb3: bool, sb3_threads: int
+) -> dict[str, TimedUpdate]:
+    """A :class:`TimedUpdate` for each variant of ours, and sb3-contrib's (built with its thread count)."""
     updaters: dict[str, TimedUpdate] = {name: OursUpdate(setting, options) for name, options in variants.items()}
     if with_sb3:
+        threads = torch.get_num_threads()
         torch.set_num_threads(sb3_threads)
         updaters[SB3] = Sb3Update(setting)
-        torch.set_num_threads(default_threads)
+        torch.set_num_threads(threads)
+    return updaters
+
+
+def time_updates(
+    setting: Setting, updaters: dict[str, TimedUpdate], order: list[str], repeats: int, sb3_threads: int
+) -> dict[str, list[float]]:
+    """``repeats`` interleaved timings of each updater, in ``order``.
+
+    Ours run with the thread count our agents set (the config's ``torch_threads``), sb3-contrib with
+    ``sb3_threads``; the thread count is put back afterwards."""
+    threads = torch.get_num_threads()
+    ours_threads = TRPOConfig.for_env(setting.env).torch_threads or threads
     updates: dict[str, list[float]] = {name: [] for name in order}
     for _ in range(repeats):
         for name in order:
-            torch.set_num_threads(sb3_threads if name == SB3 else default_threads)
+            torch.set_num_threads(sb3_threads if name == SB3 else ours_threads)
             updates[name].append(updaters[name]())
-    torch.set_num_threads(default_threads)
-    results = {}
-    for name in order:
-        reference_rates, reference_updates = rates.get(SB3), updates.get(SB3)
-        results[name] = Measurement(
-            rates[name],
-            updates[name],
-            updaters[name].product_seconds,
-            [a / b for a, b in zip(rates[name], reference_rates, strict=True)] if with_sb3 else [],
-            [a / b for a, b in zip(updates[name], reference_updates, strict=True)] if with_sb3 else [],
-        )
-        updaters[name].close()
-    return results
+    torch.set_num_threads(threads)
+    return updates
 
 
 def print_table(env: str, setting: Setting, results: dict[str, Measurement]) -> None:
     print(f"\n{env}: {setting.num_envs} envs x {setting.n_steps} steps = batch {setting.num_envs * setting.n_steps}")
     header = ("implementation", "steps/s", "update ms", "product ms", "x sb3 steps/s", "/ sb3 update")
-    widths = (20, 8, 10, 11, 22, 22)
+    widths = (NAME_WIDTH, 8, 10, 11, 22, 22)
     cells = (f"{text:{'<' if i == 0 else '>'}{w}s}" for i, (text, w) in enumerate(zip(header, widths, strict=True)))
     print(" ".join(cells), "/ sb3 product")
     sb3 = results.get(SB3)
@@ -364,7 +406,7 @@ def print_table(env: str, setting: Setting, results: dict[str, Measurement]) -> 
             product_ratio = f"{product / statistics.median(sb3.product_seconds):.2f}"
         rate = f"{statistics.median(result.steps_per_second):8.0f}" if result.steps_per_second else f"{'n/a':>8s}"
         print(
-            f"{name:20s} {rate} "
+            f"{name:{NAME_WIDTH}s} {rate} "
             f"{1000 * statistics.median(result.update_seconds):10.1f} {1000 * product:11.2f} "
             f"{speedup:>22s} {update_ratio:>22s} {product_ratio:>14s}"
         )
@@ -397,6 +439,13 @@ def main(argv: list[str] | None = None) -> None:
         help="also time ours (defaults) with each of these CG preconditioners, at each --cg-iters",
     )
     parser.add_argument("--cg-iters", nargs="+", type=int, help="CG caps of those extra rows (default: env default)")
+    parser.add_argument(
+        "--vectorization-mode",
+        nargs="+",
+        choices=VECTORIZATION_MODES,
+        default=[],
+        help="also time ours (defaults) in each of these modes (vector_entry_point: only where the env has one)",
+    )
     args = parser.parse_args(argv)
     with_sb3 = not args.no_sb3 and sb3_available()
     if not args.no_sb3 and not with_sb3:
@@ -408,10 +457,10 @@ def main(argv: list[str] | None = None) -> None:
         setting = SETTINGS[env]
         batch = setting.num_envs * setting.n_steps
         iterations = 1 if args.smoke else (20 if env.startswith("CartPole") else 5)
-        extra = None
+        extra = ours_vectorized(setting, args.vectorization_mode)
         if args.preconditioner or args.cg_iters:
             cg_iters = args.cg_iters or [TRPOConfig.for_env(env).cg_iters]
-            extra = ours_preconditioned(setting, args.preconditioner or ["none"], cg_iters)
+            extra |= ours_preconditioned(setting, args.preconditioner or ["none"], cg_iters)
         results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads, extra)
         print_table(env, setting, results)
 

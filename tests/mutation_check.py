@@ -499,6 +499,21 @@ MUTANTS = [
         "matrix = self._transform(jacobian.T @ jacobian)",
         CURVATURE_TESTS,
     ),
+    # ------------------------------------------------------------------ masked categoricals
+    Mutant(
+        "masked_square_root_ignores_the_mask",
+        "outputs.py",
+        "    probs = _softmax(logits, mask)\n",
+        "    probs = _softmax(logits, None)\n",
+        ("tests/trustregion/curvature/test_masked_fisher.py",),
+    ),
+    Mutant(
+        "with_inputs_ignores_the_given_fisher",
+        "curvature/gauss_newton.py",
+        "fisher = self.fisher if fisher is None else fisher",
+        "fisher = self.fisher",
+        ("tests/trustregion/curvature/test_masked_fisher.py",),
+    ),
 ]
 
 

@@ -50,25 +50,29 @@ class CategoricalFisher(OutputFisher):
 
     Singular along ``(1, ..., 1)`` (adding a constant to every logit changes
     nothing), so pair it with damping or a minimum-norm solve.
+
+    Args:
+        mask: for a masked categorical (e.g. action masking), a bool tensor of the
+            logits' shape ``(N, K)``, ``True`` where a category is allowed; every row
+            needs one. ``p`` is then the softmax over the allowed logits, exactly 0
+            elsewhere, and ``M`` (in the raw logits) is zero in the forbidden rows and
+            columns, so ``Jᵀ M J`` is the Hessian of the mean KL of the masked
+            distributions. ``None`` (the default): every category is allowed.
     """
+
+    def __init__(self, mask: Tensor | None = None) -> None:
+        self.mask = _checked_mask(mask, None)
 
     def bind(self, outputs: object) -> OutputProduct:
         logits = _single_tensor(outputs, "CategoricalFisher")
-        probs = torch.softmax(logits.detach(), dim=-1) / logits.shape[0]
-        probs_unscaled = probs * logits.shape[0]
-
-        def product(tangent: Tensor) -> Tensor:
-            return probs * (tangent - (probs_unscaled * tangent).sum(-1, keepdim=True))
-
-        return product
+        return _categorical_product(logits, _mask_like(self.mask, logits))
 
     def square_root(self, outputs: object) -> Tensor:
-        # diag(p) - ppᵀ = B Bᵀ with column k of B equal to sqrt(p_k) (e_k - p)
-        logits = _single_tensor(outputs, "CategoricalFisher").detach()
-        probs = torch.softmax(logits, dim=-1)
-        eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-        columns = eye.unsqueeze(1) - probs.unsqueeze(0)  # (K, N, K)
-        return columns * (probs / logits.shape[0]).sqrt().movedim(-1, 0).unsqueeze(-1)
+        logits = _single_tensor(outputs, "CategoricalFisher")
+        return _categorical_columns(logits, _mask_like(self.mask, logits))
+
+    def __repr__(self) -> str:
+        return f"CategoricalFisher({_mask_repr(self.mask)})"
 
 
 class MultiCategoricalFisher(OutputFisher):
@@ -76,19 +80,23 @@ class MultiCategoricalFisher(OutputFisher):
 
     Args:
         sizes: the number of categories of each factor, e.g. ``[3, 2, 4]``.
+        mask: for masked factors, a bool tensor of the logits' shape ``(N, sum(sizes))``,
+            ``True`` where a category is allowed; every factor's slice of every row
+            needs one. Each factor is then a masked categorical (:class:`CategoricalFisher`).
     """
 
-    def __init__(self, sizes: Sequence[int]) -> None:
+    def __init__(self, sizes: Sequence[int], mask: Tensor | None = None) -> None:
         sizes = [int(n) for n in sizes]
         if not sizes or min(sizes) < 1:
             raise ValueError(f"sizes must be a non-empty list of positive category counts (got {sizes!r})")
         self.sizes = sizes
+        self.mask = _checked_mask(mask, sizes)
 
     def bind(self, outputs: object) -> OutputProduct:
-        logits = _single_tensor(outputs, "MultiCategoricalFisher")
-        if logits.shape[-1] != sum(self.sizes):
-            raise ValueError(f"logits have {logits.shape[-1]} columns but sizes {self.sizes} sum to {sum(self.sizes)}")
-        factors = [CategoricalFisher().bind(chunk) for chunk in torch.split(logits, self.sizes, dim=-1)]
+        logits = self._logits(outputs)
+        masks = self._factor_masks(logits)
+        chunks = torch.split(logits, self.sizes, dim=-1)
+        factors = [_categorical_product(chunk, mask) for chunk, mask in zip(chunks, masks, strict=True)]
 
         def product(tangent: Tensor) -> Tensor:
             chunks = torch.split(tangent, self.sizes, dim=-1)
@@ -97,14 +105,29 @@ class MultiCategoricalFisher(OutputFisher):
         return product
 
     def square_root(self, outputs: object) -> Tensor:
-        logits = _single_tensor(outputs, "MultiCategoricalFisher")
+        logits = self._logits(outputs)
+        masks = self._factor_masks(logits)
         columns = logits.new_zeros((logits.shape[-1], *logits.shape))
         start = 0
-        for size, chunk in zip(self.sizes, torch.split(logits, self.sizes, dim=-1), strict=True):
+        for size, chunk, mask in zip(self.sizes, torch.split(logits, self.sizes, dim=-1), masks, strict=True):
             block = slice(start, start + size)
-            columns[block, ..., block] = CategoricalFisher().square_root(chunk)
+            columns[block, ..., block] = _categorical_columns(chunk, mask)
             start += size
         return columns
+
+    def _logits(self, outputs: object) -> Tensor:
+        logits = _single_tensor(outputs, "MultiCategoricalFisher")
+        if logits.shape[-1] != sum(self.sizes):
+            raise ValueError(f"logits have {logits.shape[-1]} columns but sizes {self.sizes} sum to {sum(self.sizes)}")
+        return logits
+
+    def _factor_masks(self, logits: Tensor) -> Sequence[Tensor | None]:
+        mask = _mask_like(self.mask, logits)
+        return [None] * len(self.sizes) if mask is None else torch.split(mask, self.sizes, dim=-1)
+
+    def __repr__(self) -> str:
+        mask = "" if self.mask is None else f", {_mask_repr(self.mask)}"
+        return f"MultiCategoricalFisher({self.sizes}{mask})"
 
 
 class BernoulliFisher(OutputFisher):
@@ -197,6 +220,67 @@ def _single_tensor(outputs: object, name: str) -> Tensor:
     if outputs.dim() < 2:
         raise ValueError(f"{name} needs logits of shape (N, K) with a batch dimension; got {tuple(outputs.shape)}")
     return outputs
+
+
+def _categorical_product(logits: Tensor, mask: Tensor | None) -> OutputProduct:
+    """``u -> (1/N) (diag(p) - p pᵀ) u`` per row, ``p`` the (masked) softmax of ``logits``."""
+    probs = _softmax(logits.detach(), mask) / logits.shape[0]
+    probs_unscaled = probs * logits.shape[0]
+
+    def product(tangent: Tensor) -> Tensor:
+        return probs * (tangent - (probs_unscaled * tangent).sum(-1, keepdim=True))
+
+    return product
+
+
+def _categorical_columns(logits: Tensor, mask: Tensor | None) -> Tensor:
+    """The square root of ``(1/N) (diag(p) - p pᵀ)`` per row, shape ``(K, *logits.shape)``."""
+    # diag(p) - ppᵀ = B Bᵀ with column k of B equal to sqrt(p_k) (e_k - p); a forbidden k has p_k = 0
+    logits = logits.detach()
+    probs = _softmax(logits, mask)
+    eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    columns = eye.unsqueeze(1) - probs.unsqueeze(0)  # (K, N, K)
+    return columns * (probs / logits.shape[0]).sqrt().movedim(-1, 0).unsqueeze(-1)
+
+
+def _softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
+    """Softmax over the last dimension; with a mask, over the allowed entries only (exact zeros elsewhere)."""
+    if mask is None:
+        return torch.softmax(logits, dim=-1)
+    return torch.softmax(logits.masked_fill(~mask, -torch.inf), dim=-1)  # every row has an allowed entry
+
+
+def _checked_mask(mask: Tensor | None, sizes: Sequence[int] | None) -> Tensor | None:
+    """A bool mask with an allowed entry in every row (in every factor's slice of it, with ``sizes``)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() == 0:
+        got = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        hint = "True = allowed; use mask.bool()"
+        raise ValueError(f"mask must be a bool tensor of the logits' shape (got {got}); {hint}")
+    if sizes is not None and mask.shape[-1] != sum(sizes):
+        raise ValueError(f"mask has {mask.shape[-1]} columns but sizes {list(sizes)} sum to {sum(sizes)}")
+    slices = torch.split(mask, list(sizes), dim=-1) if sizes is not None else (mask,)
+    if not all(bool(part.any(-1).all()) for part in slices):
+        where = "every factor's slice of every row" if sizes is not None else "every row"
+        raise ValueError(f"mask forbids every category of some row; {where} needs at least one True")
+    return mask.detach().clone()  # checked once: later in-place changes to the caller's tensor do not reach it
+
+
+def _mask_like(mask: Tensor | None, logits: Tensor) -> Tensor | None:
+    """``mask`` on the logits' device, after checking it has their shape."""
+    if mask is None:
+        return None
+    if mask.shape != logits.shape:
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)} but the logits have {tuple(logits.shape)}; "
+            "give one mask row per input of the batch (with_inputs(batch, fisher) for another batch)"
+        )
+    return mask.to(logits.device)
+
+
+def _mask_repr(mask: Tensor | None) -> str:
+    return "" if mask is None else f"mask=<bool tensor of shape {tuple(mask.shape)}>"
 
 
 def _diagonal_columns(weights: Tensor) -> Tensor:

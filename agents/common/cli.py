@@ -51,17 +51,22 @@ DEFAULT_RUNS_ROOT = Path("runs")
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
-_RUN_FIELDS = ("env", "seed", "num_envs", "env_kwargs")  # config fields in the "run" group
+_RUN_FIELDS = ("env", "seed", "num_envs", "env_kwargs", "wrappers", "custom")  # config fields of the "run" group
 _LINE_SEARCH_FIELDS = ("backtrack_iters", "backtrack_ratio")  # apply only with a line search
 _RESUME_FLAGS = {"total_steps", "no_progress", "debug", "resume"}
 _EVAL_FLAGS = {"eval", "eval_episodes", "debug", "no_progress"}
 
 FIELD_HELP: dict[str, str] = {
-    "env": "gymnasium environment id",
+    "env": "gymnasium environment id, or MODULE:FACTORY, a zero-argument function returning a gymnasium.Env",
+    "wrappers": "MODULE:CALLABLE taking and returning a gymnasium.Env, applied to each sub-environment; repeatable",
+    "device": "torch device of the networks and updates: cpu, cuda, cuda:1 (environments stay on the CPU)",
     "seed": "seeds the networks, the action noise, the updates and the environments",
     "num_envs": "sub-environments stepped together; an iteration collects num_envs × n_steps transitions",
     "env_kwargs": "JSON object of keyword arguments for gymnasium.make, e.g. '{\"g\": 9.81}'",
-    "vectorization_mode": "sync: sub-environments in this process; async: one worker process each",
+    "vectorization_mode": (
+        "sync: sub-environments in this process; async: one worker process each; "
+        "vector_entry_point: the environment's own vectorised implementation (e.g. CartPole-v1)"
+    ),
     "n_steps": "vector steps per rollout",
     "gamma": "discount factor γ",
     "gae_lambda": "GAE's λ, in [0, 1]",
@@ -134,6 +139,13 @@ def build_parser(agent_class: Any) -> argparse.ArgumentParser:
 def _add_run_flags(run: argparse._ArgumentGroup, overrides: dict[str, Any]) -> None:
     """What to run and where: environment, budget, run directories, resume and evaluation."""
     run.add_argument("--env", metavar="ID", help=_help("env", f"default: {DEFAULT_ENV}"))
+    run.add_argument(
+        "--wrapper",
+        action="append",
+        dest="wrappers",
+        metavar="MODULE:CALLABLE",
+        help=_help("wrappers", "default: none"),
+    )
     run.add_argument("--seed", type=_integer(0), metavar="N", help=_help("seed", f"default: {DEFAULT_SEED}"))
     run.add_argument(
         "--total-steps",
@@ -195,6 +207,8 @@ def _add_field_flag(hyper: argparse._ArgumentGroup, name: str, kind: str, help_t
         hyper.add_argument(flag, type=int if kind == "int" else float, metavar=metavar, help=help_text)
     elif kind.startswith("tuple[int"):
         hyper.add_argument(flag, type=int, nargs="+", metavar="N", help=help_text)
+    elif kind == "str":
+        hyper.add_argument(flag, metavar=name.upper(), help=help_text)
     else:  # pragma: no cover - a new field type must be mapped above
         raise TypeError(f"no command-line mapping for field {name} of type {kind}")
 
@@ -701,8 +715,9 @@ def _suffix() -> str:
 
 
 def run_name(env: str, algorithm: str, seed: int) -> str:
-    """``<env>__<algo>__<seed>__<time>__<suffix>`` (``/`` in namespaced ids becomes ``_``; a random suffix)."""
-    return f"{env.replace('/', '_')}__{algorithm}__{seed}__{_timestamp()}__{_suffix()}"
+    """``<env>__<algo>__<seed>__<time>__<suffix>`` (``/`` and ``:`` in the env become ``_``; a random suffix)."""
+    name = env.replace("/", "_").replace(":", "_")
+    return f"{name}__{algorithm}__{seed}__{_timestamp()}__{_suffix()}"
 
 
 def _quote(path: Path) -> str:

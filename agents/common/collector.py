@@ -33,36 +33,44 @@ class Collector:
         env_stack: the wrapped vector environment (:func:`~agents.common.envs.make_env_stack`),
             reset here with ``seed``; the collector closes it in :meth:`close`.
         n_steps: vector steps per rollout.
-        obs_dim: the flat observation size.
         action_shape, action_dtype: one sub-environment's action as the rollout stores it.
-        dtype: the numpy dtype of the policy's inputs (observations are stored in it).
+        dtype: the numpy dtype of the policy's inputs (observations are stored in it, images in
+            their own ``uint8`` or ``bool``: the network converts them).
         seed: seeds the environments (``seed + i``) and the action noise.
+        mask_dim: the logits an action mask covers (categorical actors); the environment's masks
+            (:class:`ActionMasks`) are then read at every step and stored in the rollout.
     """
 
     def __init__(
         self,
         env_stack: EnvStack,
         n_steps: int,
-        obs_dim: int,
         action_shape: tuple[int, ...],
         action_dtype: Any,
         dtype: Any,
         seed: int,
+        mask_dim: int | None = None,
     ) -> None:
-        self.env_stack = env_stack
-        self.n_steps, self.obs_dim, self.dtype = n_steps, obs_dim, np.dtype(dtype)
-        self.action_shape, self.action_dtype = action_shape, action_dtype
+        self.env_stack, layout = env_stack, env_stack.layout
+        self.n_steps, self.obs_shape = n_steps, layout.shape
+        self.dtype = env_stack.envs.single_observation_space.dtype if layout.image else np.dtype(dtype)
+        self.action_shape, self.action_dtype, self.np_float = action_shape, action_dtype, np.dtype(dtype)
         self.rng = np.random.default_rng(seed)
         self.episodes = 0
         self.recent_returns: deque[float] = deque(maxlen=EPISODE_WINDOW)
         self.recent_lengths: deque[int] = deque(maxlen=EPISODE_WINDOW)
         try:
-            obs, _ = env_stack.envs.reset(seed=seed)
+            obs, info = env_stack.envs.reset(seed=seed)
+            self.masks = ActionMasks.detect(env_stack.envs, env_stack.num_envs, info, mask_dim)
         except BaseException:  # e.g. a non-finite first observation: the caller never gets the collector to close
             env_stack.close()
             raise
-        self.obs: np.ndarray = obs.reshape(env_stack.num_envs, -1).copy()  # not a view of the env's buffer
+        self.obs: np.ndarray = self._stored(obs)  # not a view of the env's buffer
         self.prev_done = np.zeros(env_stack.num_envs, dtype=bool)
+
+    def _stored(self, obs: np.ndarray) -> np.ndarray:
+        """A copy of a vector observation in the rollout's shape (a sync env overwrites its buffer at every step)."""
+        return obs.reshape(self.env_stack.num_envs, *self.obs_shape).copy()
 
     def collect(self, actor: Actor, networks: RolloutNetworksFn) -> Rollout:
         """``n_steps`` vector steps with the policy; the step after a done is marked invalid.
@@ -80,28 +88,33 @@ class Collector:
         started and the same error is raised.
         """
         self.env_stack.finite_check.raise_if_failed()
-        envs, num_envs = self.env_stack.envs, self.env_stack.num_envs
+        envs, num_envs, masks = self.env_stack.envs, self.env_stack.num_envs, self.masks
         first_step, statistics = self.env_stack.vector_steps, self.env_stack.statistics()
-        rollout = Rollout.empty(self.n_steps, num_envs, self.obs_dim, self.action_shape, self.action_dtype, self.dtype)
+        rollout = Rollout.empty(
+            self.n_steps, num_envs, self.obs_shape, self.action_shape, self.action_dtype, self.dtype, masks
+        )
         sample_actions = actor.rollout_head()
-        noise = actor.rollout_noise(self.rng, (self.n_steps, num_envs, actor.net.layers[-1].out_features), self.dtype)
+        noise = actor.rollout_noise(self.rng, (self.n_steps, num_envs, actor.output_dim), self.np_float)
         next_obs = self.obs
         for t in range(self.n_steps):
             obs = rollout.obs[t]
             obs[:] = next_obs.reshape(obs.shape)
             actor_outputs, rollout.values[t] = networks(obs)
-            actions = sample_actions(actor_outputs, noise[t])
+            mask = None if masks is None else masks.store(rollout.masks, t)
+            actions = sample_actions(actor_outputs, noise[t], mask)
             rollout.actions[t] = actions
             next_obs, rollout.rewards[t], rollout.terminated[t], rollout.truncated[t], info = envs.step(
                 actor.to_env(actions)
             )
             if "_episode" in info:
                 self._record_episodes(info)
+            if masks is not None:
+                masks.read(info, first_step + t + 1)
         done = rollout.terminated | rollout.truncated
         rollout.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
         rollout.valid[1:] = ~done[:-1]
         self.prev_done = done[-1].copy()
-        self.obs = next_obs.reshape(num_envs, -1).copy()  # a copy: a sync env overwrites its buffer at every step
+        self.obs = self._stored(next_obs)
         last_obs = _as_dtype(self.obs, self.dtype)
         rollout.last_values[:] = networks(last_obs)[1]
         self._check(rollout, last_obs, first_step, statistics)
@@ -153,13 +166,17 @@ class Collector:
             "recent_returns": list(self.recent_returns),
             "recent_lengths": list(self.recent_lengths),
             "rng": self.rng.bit_generator.state,
+            "masks": None if self.masks is None else self.masks.current.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`, on a collector built with the same config."""
         self.env_stack.load_state(state["env"])
-        self.obs = state["obs"].copy()
-        self.prev_done = state["prev_done"].copy()
+        if self.env_stack.restores_episodes:  # else the environments start anew from the reset done here
+            self.obs = state["obs"].copy()
+            self.prev_done = state["prev_done"].copy()
+            if self.masks is not None and state.get("masks") is not None:
+                self.masks.current = state["masks"].copy()
         self.episodes = state["episodes"]
         self.recent_returns = deque(state["recent_returns"], maxlen=EPISODE_WINDOW)
         self.recent_lengths = deque(state["recent_lengths"], maxlen=EPISODE_WINDOW)
@@ -168,6 +185,68 @@ class Collector:
     def close(self) -> None:
         """Close the vector environment (needed for ``async`` mode's worker processes)."""
         self.env_stack.close()
+
+
+class ActionMasks:
+    """The environments' action masks: read after every step, stored in the rollout with the observation they go with.
+
+    Two conventions are read: gymnasium's ``info["action_mask"]`` (Taxi, FrozenLake with masks,
+    many grid environments), and an ``action_masks()`` method on each sub-environment
+    (sb3-contrib's ``MaskablePPO`` convention). ``True`` (or 1) allows an action; a ``MultiDiscrete``
+    action has one flat mask of ``sum(nvec)`` entries. A sub-environment whose info has no mask at a
+    step allows every action there.
+    """
+
+    def __init__(self, envs: Any, num_envs: int, dim: int, from_info: bool, current: np.ndarray) -> None:
+        self.envs, self.num_envs, self.dim, self.from_info = envs, num_envs, dim, from_info
+        self.current = current
+
+    @classmethod
+    def detect(cls, envs: Any, num_envs: int, reset_info: dict[str, Any], dim: int | None) -> ActionMasks | None:
+        """Masks if the vector environment provides them (``None`` otherwise, or for actions without masks)."""
+        if dim is None:
+            return None
+        if "action_mask" in reset_info:
+            masks = cls(envs, num_envs, dim, True, np.ones((num_envs, dim), dtype=bool))
+        else:
+            try:
+                envs.call("action_masks")
+            except Exception:
+                return None
+            masks = cls(envs, num_envs, dim, False, np.ones((num_envs, dim), dtype=bool))
+        masks.read(reset_info, 0)
+        return masks
+
+    def read(self, info: dict[str, Any], step: int) -> None:
+        """The masks for the observations the last step (or reset) returned."""
+        if self.from_info:
+            if "action_mask" not in info:
+                self.current[:] = True
+                return
+            given = np.asarray(info["action_mask"])
+            present = info.get("_action_mask", np.ones(self.num_envs, dtype=bool))
+        else:
+            given, present = np.asarray(self.envs.call("action_masks")), np.ones(self.num_envs, dtype=bool)
+        if given.shape != (self.num_envs, self.dim):
+            raise ValueError(
+                f"env: the action masks have shape {given.shape[1:]} per sub-environment, the action space needs "
+                f"({self.dim},): one entry per action (per category of each MultiDiscrete entry), True = allowed"
+            )
+        self.current[:] = np.where(present[:, None], given.astype(bool), True)
+        self._check(step)
+
+    def _check(self, step: int) -> None:
+        empty = np.flatnonzero(~self.current.any(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"env: sub-environment {int(empty[0])}'s action mask allows no action at vector step {step}; "
+                "a mask must allow at least one action in every state"
+            )
+
+    def store(self, masks: np.ndarray, t: int) -> np.ndarray:
+        """Write the current masks at step ``t`` of the rollout's ``masks`` and return them."""
+        masks[t] = self.current
+        return masks[t]
 
 
 def _as_dtype(array: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -15,9 +15,11 @@ from typing import Any
 CURVATURES = ("gauss-newton", "kl-hessian")
 KL_ESTIMATORS = ("analytic", "sample")
 PRECONDITIONERS = ("none", "jacobi", "kfac")
-VECTORIZATION_MODES = ("sync", "async")
+VECTORIZATION_MODES = ("sync", "async", "vector_entry_point")
 DTYPES = ("float32", "float64")
 ACTIVATIONS = ("tanh", "relu")
+CUSTOM_PARTS = ("env", "wrappers", "actor", "critic")
+"""Parts of a run that can come as Python objects a config cannot rebuild (``load`` then needs them again)."""
 
 
 @dataclass
@@ -32,6 +34,8 @@ class TRPOConfig:
     env: str = "CartPole-v1"
     seed: int = 0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    wrappers: tuple[str, ...] = ()
+    custom: tuple[str, ...] = ()
     num_envs: int = 2
     vectorization_mode: str = "sync"
     n_steps: int = 1024
@@ -62,6 +66,7 @@ class TRPOConfig:
     value_epochs: int = 10
     value_minibatch_size: int = 256
     # runtime
+    device: str = "cpu"
     dtype: str = "float32"
     torch_threads: int = 1
     checkpoint_interval: int = 10
@@ -69,6 +74,7 @@ class TRPOConfig:
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
+        self.wrappers, self.custom = tuple(self.wrappers), tuple(self.custom)
         self.env_kwargs = dict(self.env_kwargs)
         self.validate()
 
@@ -81,6 +87,14 @@ class TRPOConfig:
         """Raise ``ValueError`` naming the first bad hyperparameter and its valid range."""
         if not isinstance(self.env, str) or not self.env:
             raise ValueError(f"env must be a registered gymnasium id such as 'CartPole-v1' (got {self.env!r})")
+        if not all(isinstance(name, str) and name for name in self.wrappers):
+            raise ValueError(f"wrappers must be 'module:callable' names (got {self.wrappers!r})")
+        if not set(self.custom) <= set(CUSTOM_PARTS):
+            raise ValueError(
+                f"custom lists parts given as Python objects, among {list(CUSTOM_PARTS)} (got {self.custom!r})"
+            )
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda' (got {self.device!r})")
         for name, (minimum, hint) in _INTEGERS.items():
             check_integer(name, getattr(self, name), minimum, hint)
         for name, (low, high, hint) in _INTERVALS.items():
@@ -112,6 +126,7 @@ class TRPOConfig:
         """A JSON-serialisable copy."""
         values = dataclasses.asdict(self)
         values["hidden_sizes"] = list(self.hidden_sizes)
+        values["wrappers"], values["custom"] = list(self.wrappers), list(self.custom)
         return values
 
     @classmethod

@@ -37,9 +37,23 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorObservationWrapper, VectorWrapper
 from gymnasium.wrappers import RecordEpisodeStatistics
-from gymnasium.wrappers.vector import ClipReward, NormalizeObservation, NormalizeReward, TransformObservation
+from gymnasium.wrappers.utils import RunningMeanStd
+from gymnasium.wrappers.vector import (
+    ClipReward,
+    FlattenObservation,
+    NormalizeObservation,
+    NormalizeReward,
+    TransformObservation,
+)
+from gymnasium.wrappers.vector import (
+    RecordEpisodeStatistics as VectorRecordEpisodeStatistics,
+)
+
+from agents.common.env_sources import EnvSource, resolve_env
+from agents.common.native_vector import make_native_vector_env
+from agents.common.observations import ObservationLayout, observation_layout
 
 _UNSAVED_ATTRIBUTES = frozenset(
     {
@@ -228,6 +242,7 @@ class EnvStack:
     obs_normalizer: NormalizeObservation | None
     reward_normalizer: NormalizeReward | None
     finite_check: FiniteCheck
+    layout: ObservationLayout
 
     @property
     def num_envs(self) -> int:
@@ -236,6 +251,11 @@ class EnvStack:
     @property
     def env_id(self) -> str:
         return self.finite_check.env_id
+
+    @property
+    def restores_episodes(self) -> bool:
+        """Whether :meth:`load_state` puts the environments back mid-episode (not for a user's ``VectorEnv``)."""
+        return not isinstance(self.base, UserVectorEnv)
 
     @property
     def vector_steps(self) -> int:
@@ -311,7 +331,7 @@ def _rms_finite(rms: Any) -> bool:
 
 
 def make_env_stack(
-    env_id: str,
+    env: EnvSource | str,
     num_envs: int,
     *,
     vectorization_mode: str = "sync",
@@ -322,30 +342,105 @@ def make_env_stack(
     clip_obs: float = 10.0,
     clip_reward: float = 10.0,
 ) -> EnvStack:
-    """Build the training vector environment (not yet reset)."""
-    envs = gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode=vectorization_mode,
-        vector_kwargs={"copy": False},
-        wrappers=[RecordEpisodeStatistics, EnvSnapshot],
-        **(env_kwargs or {}),
-    )
-    if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) is not AutoresetMode.NEXT_STEP:
+    """Build the training vector environment (not yet reset); ``env`` an id or an :class:`EnvSource`."""
+    source = resolve_env(env)
+    envs = _base_vector_env(source, num_envs, vectorization_mode, env_kwargs or {})
+    try:
+        if envs.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) is not AutoresetMode.NEXT_STEP:
+            raise ValueError("env: the agents need next-step autoreset (gymnasium's default autoreset_mode)")
+        layout = observation_layout(envs.single_observation_space)
+    except ValueError:
         envs.close()
-        raise ValueError("the agents need next-step autoreset (gymnasium's default autoreset_mode)")
-    finite_check = FiniteCheck(envs, env_id)
+        raise
+    finite_check = FiniteCheck(FlattenObservation(envs) if layout.flatten else envs, source.name)
     wrapped: VectorEnv = finite_check
     obs_normalizer = reward_normalizer = None
-    if normalize_obs:
+    if normalize_obs and layout.all_box:
         wrapped = obs_normalizer = NormalizeObservation(wrapped)
         wrapped = TransformObservation(wrapped, lambda obs: np.clip(obs, -clip_obs, clip_obs))
+    elif normalize_obs and layout.box_entries.any():
+        wrapped = obs_normalizer = NormalizeBoxEntries(wrapped, layout.box_entries, clip_obs)
     if normalize_reward:
         wrapped = reward_normalizer = NormalizeReward(wrapped, gamma=gamma)
         wrapped = ClipReward(wrapped, -clip_reward, clip_reward)
-    return EnvStack(wrapped, envs, obs_normalizer, reward_normalizer, finite_check)
+    return EnvStack(wrapped, envs, obs_normalizer, reward_normalizer, finite_check, layout)
 
 
-def make_eval_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> VectorEnv:
-    """Sync vector env for evaluation, with only the :class:`FiniteCheck` (the agent normalises observations)."""
-    return FiniteCheck(gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **(env_kwargs or {})), env_id)
+def _base_vector_env(source: EnvSource, num_envs: int, mode: str, env_kwargs: dict[str, Any]) -> VectorEnv:
+    """The vector environment below the agents' wrappers, each sub-environment recording episodes and snapshots."""
+    if mode == "vector_entry_point":
+        source.check(num_envs, mode, env_kwargs)
+        return make_native_vector_env(source.name, num_envs, env_kwargs)
+    if source.kind == "vector":
+        source.check(num_envs, mode, env_kwargs)
+        return wrap_vector_env(source.target)
+    return source.vector(num_envs, mode, env_kwargs, inner=[RecordEpisodeStatistics], outer=[EnvSnapshot])
+
+
+class UserVectorEnv(VectorWrapper):
+    """A vector environment the user built: episode statistics recorded at the vector level, no snapshot.
+
+    Its sub-environments are the user's objects, which the agent cannot copy or restore: a run resumed
+    from a checkpoint restores networks, statistics and random state, and its environments start new
+    episodes (docs/agents.md, "Your own environment").
+    """
+
+    def __init__(self, env: VectorEnv) -> None:
+        super().__init__(VectorRecordEpisodeStatistics(env))
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        if name == "snapshot":
+            return (None,) * self.num_envs
+        return self.env.get_attr(name)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        if name != "snapshot":
+            self.env.set_attr(name, values)
+
+
+def wrap_vector_env(envs: VectorEnv) -> VectorEnv:
+    """A user's vector environment as the base of an :class:`EnvStack` (see :class:`UserVectorEnv`)."""
+    return UserVectorEnv(envs)
+
+
+class NormalizeBoxEntries(VectorObservationWrapper):
+    """Running mean/std normalisation of some entries of a flat observation (those from ``Box`` spaces), clipped.
+
+    The ``Dict`` / ``Tuple`` counterpart of ``NormalizeObservation`` + clip: one-hot entries and
+    images keep their values. ``obs_rms`` and ``epsilon`` are those of gymnasium's wrapper, over the
+    normalised entries only, so checkpoints and data-parallel merges treat both alike.
+    """
+
+    def __init__(self, env: VectorEnv, entries: np.ndarray, clip: float, epsilon: float = 1e-8) -> None:
+        super().__init__(env)
+        self.entries = np.flatnonzero(entries)
+        self.obs_rms = RunningMeanStd(shape=(len(self.entries),))
+        self.epsilon, self.clip = epsilon, clip
+
+    def observations(self, observations: np.ndarray) -> np.ndarray:
+        self.obs_rms.update(observations[:, self.entries])
+        return self.normalize(observations)
+
+    def normalize(self, observations: np.ndarray) -> np.ndarray:
+        """``observations`` with the entries normalised by the current statistics (not updated), as float32."""
+        normalized = np.array(observations, dtype=np.float32)
+        scaled = (observations[..., self.entries] - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon)
+        normalized[..., self.entries] = np.clip(scaled, -self.clip, self.clip)
+        return normalized
+
+
+def make_eval_envs(
+    env: EnvSource | str, num_envs: int, env_kwargs: dict[str, Any] | None = None, vectorization_mode: str = "sync"
+) -> VectorEnv:
+    """Sync vector env for evaluation: flattened like the training one, with only the :class:`FiniteCheck`.
+
+    The agent normalises observations itself, with its frozen training statistics.
+    """
+    source = resolve_env(env).copy_for_evaluation()
+    if vectorization_mode == "vector_entry_point":
+        envs = make_native_vector_env(source.name, num_envs, env_kwargs or {})
+    else:
+        envs = source.vector(num_envs, "sync", env_kwargs or {})
+    if observation_layout(envs.single_observation_space).flatten:
+        envs = FlattenObservation(envs)
+    return FiniteCheck(envs, source.name)

@@ -49,8 +49,16 @@ class RunLogger:
     iterations), so the bar counts the environment steps that actually run and ends once.
     """
 
-    def __init__(self, run_dir: Path | None, *, total_steps: int, start_step: int, progress: bool) -> None:
-        self.run_dir = run_dir
+    def __init__(
+        self,
+        run_dir: Path | None,
+        *,
+        total_steps: int,
+        start_step: int,
+        progress: bool,
+        log_interval: int | None = None,
+    ) -> None:
+        self.run_dir, self.log_interval = run_dir, log_interval
         self.writer = None
         self.csv_file = None
         if run_dir is not None:
@@ -82,6 +90,8 @@ class RunLogger:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self.writer.add_scalar(f"train/{key}", value, step)
+        if self.log_interval is not None and int(metrics["iteration"]) % self.log_interval == 0:
+            self._print(metrics)
         if self.bar is not None:
             self.bar.set_postfix(
                 episodes=metrics["episodes"],
@@ -95,6 +105,17 @@ class RunLogger:
                 self.bar.n = self.bar.total  # shown once, by close(): an update would print the last line twice
             else:
                 self.bar.update(step - self.bar.n)
+
+    def _print(self, metrics: dict[str, Any]) -> None:
+        line = (
+            f"iteration {metrics['iteration']}  steps {metrics['global_step']}  "
+            f"return {metrics['mean_return']:.2f}  length {metrics['mean_length']:.1f}  kl {metrics['kl']:.4f}  "
+            f"value_loss {metrics['value_loss']:.4g}  steps/s {metrics['steps_per_second']:.0f}"
+        )
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agents.common.observations import ObservationEncoder, ObservationLayout, needs_encoder
 from trustregion import (
     BernoulliFisher,
     CategoricalFisher,
@@ -29,11 +30,9 @@ from trustregion import (
 )
 
 DistributionParams = Tensor | tuple[Tensor, Tensor]
+ObservationInput = int | ObservationLayout
+"""What the built-in networks are built for: the flat observation size, or an observation layout (images too)."""
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
-_FLATTEN_HINT = (
-    "wrap the environment so that it exposes a flat space, e.g. gymnasium.wrappers.FlattenObservation "
-    "for observations, or register a wrapped environment id with gymnasium.register"
-)
 
 
 class MLP(nn.Module):
@@ -57,6 +56,28 @@ class MLP(nn.Module):
         for layer in hidden:
             x = self.activation(F.linear(x, layer.weight, layer.bias))
         return F.linear(x, last.weight, last.bias)
+
+
+class EncodedNetwork(nn.Module):
+    """An :class:`~agents.common.observations.ObservationEncoder` (images to features) followed by an :class:`MLP`."""
+
+    def __init__(self, encoder: ObservationEncoder, head: MLP) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.head(self.encoder(obs))
+
+
+def policy_network(
+    obs: ObservationInput, hidden_sizes: Sequence[int], out_dim: int, activation: str, output_gain: float
+) -> nn.Module:
+    """The built-in network for an observation: an :class:`MLP`, after an encoder when there are images."""
+    if isinstance(obs, ObservationLayout) and needs_encoder(obs):
+        encoder = ObservationEncoder(obs)
+        return EncodedNetwork(encoder, MLP(encoder.features, hidden_sizes, out_dim, activation, output_gain))
+    in_dim = obs.dim if isinstance(obs, ObservationLayout) else obs
+    return MLP(in_dim, hidden_sizes, out_dim, activation, output_gain)
 
 
 class RolloutNetworks:
@@ -110,19 +131,54 @@ def _numpy_relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-RolloutHead = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``(network outputs, noise) -> actions``: turns pre-drawn noise into samples of ``π(·|s)``."""
+class TorchRolloutNetworks:
+    """Actor and critic evaluated by torch for rollouts, on their device: any network, images, a GPU.
+
+    ``networks(obs)`` takes the stored observations (numpy, on the CPU), moves them to the networks'
+    device once, and returns ``(actor_outputs, values)`` as numpy arrays on the CPU.
+    """
+
+    def __init__(self, actor: Actor, critic: Critic) -> None:
+        self.actor, self.critic = actor, critic
+        self.device = next(critic.parameters()).device
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(obs).to(self.device)
+        with torch.inference_mode():
+            outputs, values = self.actor.net(x), self.critic(x)
+        return outputs.cpu().numpy(), values.cpu().numpy()
+
+
+def rollout_networks(actor: Actor, critic: Critic) -> RolloutNetworks | TorchRolloutNetworks:
+    """The fastest rollout copy the networks allow: fused numpy for two CPU MLPs alike, else torch."""
+    nets = (actor.net, critic.net)
+    on_cpu = all(p.device.type == "cpu" for p in critic.parameters())
+    fusable = on_cpu and all(isinstance(net, MLP) for net in nets)
+    if fusable and len(nets[0].layers) == len(nets[1].layers) and nets[0].activation is nets[1].activation:
+        return RolloutNetworks(*nets)
+    return TorchRolloutNetworks(actor, critic)
+
+
+RolloutHead = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+"""``(network outputs, noise, action mask or None) -> actions``: turns pre-drawn noise into samples of ``π(·|s)``."""
 
 
 class Critic(nn.Module):
-    """State-value network ``V(s)``; trained by Adam on its own, never by the trust-region step."""
+    """State-value network ``V(s)``; trained by Adam on its own, never by the trust-region step.
 
-    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int], activation: str) -> None:
+    ``net`` (optional) is a user's network mapping a batch of observations to ``[batch]`` or
+    ``[batch, 1]`` values; without it the built-in network for ``obs`` is used.
+    """
+
+    def __init__(
+        self, obs: ObservationInput, hidden_sizes: Sequence[int], activation: str, net: nn.Module | None = None
+    ) -> None:
         super().__init__()
-        self.net = MLP(obs_dim, hidden_sizes, 1, activation, output_gain=1.0)
+        self.net = policy_network(obs, hidden_sizes, 1, activation, output_gain=1.0) if net is None else net
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs).squeeze(-1)
+        values = self.net(obs)
+        return values.squeeze(-1) if values.dim() == 2 else values
 
 
 class Actor(nn.Module, abc.ABC):
@@ -153,9 +209,16 @@ class Actor(nn.Module, abc.ABC):
     def entropy(self, params: DistributionParams) -> Tensor:
         """``H(π(·|s))`` per state."""
 
+    output_dim: int
+    """The network's outputs per state (logits, or the mean of a Gaussian)."""
+
     @abc.abstractmethod
-    def output_fisher(self) -> OutputFisher:
-        """The Fisher ``M(z)`` of the distribution in its parameters, for Gauss-Newton."""
+    def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
+        """The Fisher ``M(z)`` of the distribution in its parameters, for Gauss-Newton (``mask``: forbidden actions)."""
+
+    def mask_params(self, params: DistributionParams, mask: Tensor) -> DistributionParams:
+        """The distribution with the actions ``mask`` forbids (``False``) made impossible (categorical actors only)."""
+        raise ValueError(f"action masks apply to Discrete and MultiDiscrete actions, not to {type(self).__name__}")
 
     @abc.abstractmethod
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -179,12 +242,28 @@ class Actor(nn.Module, abc.ABC):
         return actions
 
 
-class CategoricalActor(Actor):
-    """``Discrete(n)``: softmax over ``n`` logits."""
+def masked_logits(logits: Tensor, mask: Tensor) -> Tensor:
+    """``logits`` with the entries ``mask`` forbids set to the dtype's most negative finite value.
 
-    def __init__(self, obs_dim: int, n: int, hidden_sizes: Sequence[int], activation: str) -> None:
+    Their probability is then exactly 0, their gradient 0, and every log-probability, entropy and
+    KL stays finite (``0 · finite``): ``-inf`` would make the KL's ``0 · (-inf - -inf)`` a NaN.
+    """
+    return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+
+
+def _masked_numpy(perturbed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    return perturbed if mask is None else np.where(mask, perturbed, -np.inf)
+
+
+class CategoricalActor(Actor):
+    """``Discrete(n)``: softmax over ``n`` logits; with an action mask, over the allowed ones."""
+
+    def __init__(
+        self, obs: ObservationInput, n: int, hidden_sizes: Sequence[int], activation: str, net: nn.Module | None = None
+    ) -> None:
         super().__init__()
-        self.net = MLP(obs_dim, hidden_sizes, n, activation, output_gain=0.01)
+        self.output_dim = n
+        self.net = policy_network(obs, hidden_sizes, n, activation, output_gain=0.01) if net is None else net
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs)
@@ -205,26 +284,38 @@ class CategoricalActor(Actor):
         log_probs = torch.log_softmax(params, -1)
         return -(log_probs.exp() * log_probs).sum(-1)
 
-    def output_fisher(self) -> OutputFisher:
-        return CategoricalFisher()
+    def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
+        return CategoricalFisher() if mask is None else CategoricalFisher(mask=mask)
+
+    def mask_params(self, params: DistributionParams, mask: Tensor) -> DistributionParams:
+        assert isinstance(params, Tensor)
+        return masked_logits(params, mask)
 
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return rng.gumbel(size=shape)
 
     def rollout_head(self) -> RolloutHead:
-        def sample(logits: np.ndarray, gumbel: np.ndarray) -> np.ndarray:
-            return (logits + gumbel).argmax(-1)  # Gumbel-max: distributed as softmax(z)
+        def sample(logits: np.ndarray, gumbel: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+            return _masked_numpy(logits + gumbel, mask).argmax(-1)  # Gumbel-max: distributed as softmax(z)
 
         return sample
 
 
 class MultiCategoricalActor(Actor):
-    """``MultiDiscrete(nvec)``: independent softmaxes over consecutive slices of the logits."""
+    """``MultiDiscrete(nvec)``: independent softmaxes over consecutive slices of the logits (and of a mask)."""
 
-    def __init__(self, obs_dim: int, nvec: Sequence[int], hidden_sizes: Sequence[int], activation: str) -> None:
+    def __init__(
+        self,
+        obs: ObservationInput,
+        nvec: Sequence[int],
+        hidden_sizes: Sequence[int],
+        activation: str,
+        net: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.sizes = [int(n) for n in nvec]
-        self.net = MLP(obs_dim, hidden_sizes, sum(self.sizes), activation, output_gain=0.01)
+        self.output_dim = sum(self.sizes)
+        self.net = policy_network(obs, hidden_sizes, self.output_dim, activation, 0.01) if net is None else net
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs)
@@ -254,8 +345,12 @@ class MultiCategoricalActor(Actor):
         log_probs = [torch.log_softmax(z, -1) for z in self._split(params)]
         return torch.stack([-(lp.exp() * lp).sum(-1) for lp in log_probs], dim=-1).sum(-1)
 
-    def output_fisher(self) -> OutputFisher:
-        return MultiCategoricalFisher(self.sizes)
+    def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
+        return MultiCategoricalFisher(self.sizes) if mask is None else MultiCategoricalFisher(self.sizes, mask=mask)
+
+    def mask_params(self, params: DistributionParams, mask: Tensor) -> DistributionParams:
+        assert isinstance(params, Tensor)
+        return masked_logits(params, mask)
 
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return rng.gumbel(size=shape)
@@ -263,8 +358,8 @@ class MultiCategoricalActor(Actor):
     def rollout_head(self) -> RolloutHead:
         bounds = np.cumsum([0, *self.sizes])
 
-        def sample(logits: np.ndarray, gumbel: np.ndarray) -> np.ndarray:
-            perturbed = logits + gumbel
+        def sample(logits: np.ndarray, gumbel: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+            perturbed = _masked_numpy(logits + gumbel, mask)
             factors = [perturbed[:, a:b].argmax(-1) for a, b in itertools.pairwise(bounds)]
             return np.stack(factors, axis=-1)
 
@@ -274,10 +369,18 @@ class MultiCategoricalActor(Actor):
 class BernoulliActor(Actor):
     """``MultiBinary(n)``: ``n`` independent Bernoulli variables with logits ``z``."""
 
-    def __init__(self, obs_dim: int, shape: tuple[int, ...], hidden_sizes: Sequence[int], activation: str) -> None:
+    def __init__(
+        self,
+        obs: ObservationInput,
+        shape: tuple[int, ...],
+        hidden_sizes: Sequence[int],
+        activation: str,
+        net: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.shape = shape
-        self.net = MLP(obs_dim, hidden_sizes, int(np.prod(shape)), activation, output_gain=0.01)
+        self.output_dim = int(np.prod(shape))
+        self.net = policy_network(obs, hidden_sizes, self.output_dim, activation, 0.01) if net is None else net
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs)
@@ -303,14 +406,14 @@ class BernoulliActor(Actor):
         p = torch.sigmoid(params)
         return -(p * F.logsigmoid(params) + (1 - p) * F.logsigmoid(-params)).sum(-1)
 
-    def output_fisher(self) -> OutputFisher:
+    def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
         return BernoulliFisher()
 
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return rng.logistic(size=shape)
 
     def rollout_head(self) -> RolloutHead:
-        def sample(logits: np.ndarray, logistic: np.ndarray) -> np.ndarray:
+        def sample(logits: np.ndarray, logistic: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
             return (logits + logistic > 0).astype(np.int64)  # P(z + logistic noise > 0) = sigmoid(z)
 
         return sample
@@ -327,12 +430,18 @@ class GaussianActor(Actor):
     """
 
     def __init__(
-        self, obs_dim: int, space: gym.spaces.Box, hidden_sizes: Sequence[int], activation: str, log_std_init: float
+        self,
+        obs: ObservationInput,
+        space: gym.spaces.Box,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        log_std_init: float,
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.shape = space.shape
-        action_dim = int(np.prod(space.shape))
-        self.net = MLP(obs_dim, hidden_sizes, action_dim, activation, output_gain=0.01)
+        self.output_dim = action_dim = int(np.prod(space.shape))
+        self.net = policy_network(obs, hidden_sizes, action_dim, activation, 0.01) if net is None else net
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
         self.low = np.asarray(space.low, dtype=np.float64).reshape(-1)
         self.high = np.asarray(space.high, dtype=np.float64).reshape(-1)
@@ -365,7 +474,7 @@ class GaussianActor(Actor):
         per_dim = log_std + 0.5 * (1 + math.log(2 * math.pi))
         return per_dim.sum(-1).expand(mean.shape[:-1])
 
-    def output_fisher(self) -> OutputFisher:
+    def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
         return DiagonalGaussianFisher()
 
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -374,7 +483,7 @@ class GaussianActor(Actor):
     def rollout_head(self) -> RolloutHead:
         std = self.log_std.detach().cpu().exp().numpy().copy()
 
-        def sample(mean: np.ndarray, normal: np.ndarray) -> np.ndarray:
+        def sample(mean: np.ndarray, normal: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
             return mean + std * normal
 
         return sample
@@ -403,17 +512,25 @@ class OldPolicy:
     actions: Tensor
     params: DistributionParams
     log_prob: Tensor
+    mask: Tensor | None = None
 
     @classmethod
-    def of(cls, actor: Actor, obs: Tensor, actions: Tensor) -> OldPolicy:
+    def of(cls, actor: Actor, obs: Tensor, actions: Tensor, mask: Tensor | None = None) -> OldPolicy:
         with torch.no_grad():
-            params = _frozen(actor(obs))
-            return cls(obs, actions, params, actor.log_prob(params, actions))
+            params = _frozen(policy_params(actor, obs, mask))
+            return cls(obs, actions, params, actor.log_prob(params, actions), mask)
 
     def subset(self, index: Tensor) -> OldPolicy:
         """The same snapshot on the states ``index`` (a state-independent ``log_std`` is kept whole)."""
         params = (self.params[0][index], self.params[1]) if isinstance(self.params, tuple) else self.params[index]
-        return OldPolicy(self.obs[index], self.actions[index], params, self.log_prob[index])
+        mask = None if self.mask is None else self.mask[index]
+        return OldPolicy(self.obs[index], self.actions[index], params, self.log_prob[index], mask)
+
+
+def policy_params(actor: Actor, obs: Tensor, mask: Tensor | None) -> DistributionParams:
+    """``π_θ(·|s)``'s parameters on ``obs``, with the forbidden actions of ``mask`` (if any) made impossible."""
+    params = actor(obs)
+    return params if mask is None else actor.mask_params(params, mask)
 
 
 def _frozen(params: DistributionParams) -> DistributionParams:
@@ -436,34 +553,32 @@ def mean_kl(actor: Actor, old: OldPolicy, params: DistributionParams, log_prob: 
     return actor.kl(old.params, params).mean()
 
 
-def observation_dim(space: gym.Space) -> int:
-    """The flat observation size; only ``Box`` observations are supported."""
-    if isinstance(space, gym.spaces.Box):
-        return int(np.prod(space.shape))
-    raise ValueError(f"unsupported observation space {space}: the agents take Box observations only; {_FLATTEN_HINT}")
-
-
 def make_actor(
-    obs_dim: int, space: gym.Space, hidden_sizes: Sequence[int], activation: str = "tanh", log_std_init: float = 0.0
+    obs: ObservationInput,
+    space: gym.Space,
+    hidden_sizes: Sequence[int],
+    activation: str = "tanh",
+    log_std_init: float = 0.0,
+    net: nn.Module | None = None,
 ) -> Actor:
-    """The actor for an action space: Discrete, MultiDiscrete, MultiBinary or Box."""
+    """The actor for an action space (Discrete, MultiDiscrete, MultiBinary or Box), on ``net`` or a built-in one."""
     if isinstance(space, gym.spaces.Discrete):
         if space.start != 0:
             raise ValueError(f"unsupported action space {space}: Discrete must start at 0 (got start={space.start})")
-        return CategoricalActor(obs_dim, int(space.n), hidden_sizes, activation)
+        return CategoricalActor(obs, int(space.n), hidden_sizes, activation, net)
     if isinstance(space, gym.spaces.MultiDiscrete):
         if space.nvec.ndim != 1 or np.any(space.start != 0):
             raise ValueError(f"unsupported action space {space}: MultiDiscrete must be 1-D and start at 0")
-        return MultiCategoricalActor(obs_dim, space.nvec.tolist(), hidden_sizes, activation)
+        return MultiCategoricalActor(obs, space.nvec.tolist(), hidden_sizes, activation, net)
     if isinstance(space, gym.spaces.MultiBinary):
         shape = (space.n,) if isinstance(space.n, int) else tuple(space.shape)
-        return BernoulliActor(obs_dim, shape, hidden_sizes, activation)
+        return BernoulliActor(obs, shape, hidden_sizes, activation, net)
     if isinstance(space, gym.spaces.Box):
-        return GaussianActor(obs_dim, space, hidden_sizes, activation, log_std_init)
+        return GaussianActor(obs, space, hidden_sizes, activation, log_std_init, net)
     raise ValueError(
         f"unsupported action space {space}: the agents support Discrete, MultiDiscrete, MultiBinary and Box "
-        "actions; for a Dict or Tuple of these, wrap the environment so that it exposes one of them "
-        "(e.g. a Box via gymnasium.wrappers.FlattenObservation-style flattening of the action)"
+        "actions; for a Dict or Tuple of these, wrap the environment with a gymnasium.ActionWrapper that "
+        "exposes one of them"
     )
 
 

@@ -7,6 +7,7 @@ update.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +36,24 @@ class Rollout:
     truncated: np.ndarray
     valid: np.ndarray
     last_values: np.ndarray
+    masks: np.ndarray | None = None
 
     @classmethod
     def empty(
-        cls, n_steps: int, num_envs: int, obs_dim: int, action_shape: tuple[int, ...], action_dtype: Any, dtype: Any
+        cls,
+        n_steps: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        action_dtype: Any,
+        dtype: Any,
+        masks: Any = None,
     ) -> Rollout:
-        """Arrays to fill, time-major: ``[n_steps, num_envs, ...]``."""
+        """Arrays to fill, time-major: ``[n_steps, num_envs, ...]`` (``masks``: the action masks' reader, or None)."""
         steps = (n_steps, num_envs)
         return cls(
-            obs=np.zeros((*steps, obs_dim), dtype=dtype),
+            masks=None if masks is None else np.ones((*steps, masks.dim), dtype=bool),
+            obs=np.zeros((*steps, *obs_shape), dtype=dtype),
             actions=np.zeros((*steps, *action_shape), dtype=action_dtype),
             values=np.zeros(steps, dtype=np.float64),
             rewards=np.zeros(steps, dtype=np.float64),
@@ -68,6 +78,7 @@ class Batch:
     advantages: Tensor
     returns: Tensor
     values: Tensor
+    masks: Tensor | None = None
 
 
 def compute_gae(
@@ -103,8 +114,14 @@ def compute_gae(
     return advantages, advantages + values
 
 
-def make_batch(rollout: Rollout, advantages: np.ndarray, returns: np.ndarray, dtype: torch.dtype) -> Batch:
-    """Flatten ``[T, N]`` to ``[T·N]`` and keep the valid transitions.
+def make_batch(
+    rollout: Rollout,
+    advantages: np.ndarray,
+    returns: np.ndarray,
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+) -> Batch:
+    """Flatten ``[T, N]`` to ``[T·N]``, keep the valid transitions, and move them to ``device`` (the networks').
 
     Advantages, value targets and values that are not finite in ``dtype`` (finite rewards too
     large for it: a float64 return beyond float32's range) raise
@@ -121,6 +138,7 @@ def make_batch(rollout: Rollout, advantages: np.ndarray, returns: np.ndarray, dt
         advantages=torch.from_numpy(flat(advantages)).to(dtype),
         returns=torch.from_numpy(flat(returns)).to(dtype),
         values=torch.from_numpy(flat(rollout.values)).to(dtype),
+        masks=None if rollout.masks is None else torch.from_numpy(flat(rollout.masks)),
     )
     for name in ("advantages", "returns", "values"):
         if not torch.isfinite(getattr(batch, name)).all():
@@ -128,4 +146,7 @@ def make_batch(rollout: Rollout, advantages: np.ndarray, returns: np.ndarray, dt
                 f"the rollout's {name} are not finite in {dtype} (rewards too large for it); training stopped "
                 f"before any update: scale the rewards (normalize_reward=True) or train in float64"
             )
+    if device is not None and device.type != "cpu":
+        tensors = (getattr(batch, field.name) for field in dataclasses.fields(batch))
+        batch = Batch(*(None if tensor is None else tensor.to(device) for tensor in tensors))
     return batch

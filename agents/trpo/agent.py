@@ -17,7 +17,7 @@ import dataclasses
 import difflib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from agents.common.builders import (
+    NetworkLike,
+    check_outputs,
+    network_observation_space,
+    resolve_device,
+    sample_batch,
+    user_network,
+)
+from agents.common.callbacks import Callback, as_callback
 from agents.common.checkpoint import (
     GeneratorState,
     Stateful,
@@ -37,20 +46,26 @@ from agents.common.checkpoint import (
     parts_state,
     save_checkpoint,
 )
-from agents.common.collector import Collector
+from agents.common.collector import ActionMasks, Collector
 from agents.common.config import TRPOConfig, check_integer
 from agents.common.distributed import DataParallel, data_parallel, rank_seed
-from agents.common.envs import EnvStack, make_env_stack, make_eval_envs
+from agents.common.env_sources import EnvLike, EnvSource, Wrapper, resolve_env, wrappers_importable
+from agents.common.envs import EnvStack, NormalizeBoxEntries, make_env_stack, make_eval_envs
 from agents.common.logs import CSV_NAME, PLOT_NAME, RunLogger, plot_learning_curve
+from agents.common.observations import network_observations
 from agents.common.policies import (
     Actor,
+    CategoricalActor,
     Critic,
     GaussianActor,
+    MultiCategoricalActor,
     OldPolicy,
     RolloutNetworks,
+    TorchRolloutNetworks,
     make_actor,
     mean_kl,
-    observation_dim,
+    policy_params,
+    rollout_networks,
 )
 from agents.common.rollout import Batch, compute_gae, make_batch
 from trustregion import (
@@ -73,6 +88,8 @@ _PRECONDITIONERS = {"none": lambda: None, "jacobi": Jacobi, "kfac": KFAC}
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 3  # 3: one entry per stateful part (agent.checkpoint_parts()), under "parts"
 EVAL_SEED_OFFSET = 10_000
+MASKABLE_ACTORS = (CategoricalActor, MultiCategoricalActor)
+"""The actors whose actions an environment's action masks apply to."""
 RANK_PARTS = ("collector", "generator")
 """The checkpoint parts that differ between the ranks of a data-parallel run (the rest are the same on all)."""
 
@@ -116,18 +133,49 @@ class TRPO:
 
     def __init__(
         self,
-        env: str | None = None,
+        env: EnvLike | None = None,
         seed: int | None = None,
         *,
         config: TRPOConfig | None = None,
+        wrappers: Sequence[Wrapper | str] | None = None,
+        actor: NetworkLike | None = None,
+        critic: NetworkLike | None = None,
         **hyperparameters: Any,
     ) -> None:
-        self.config = config = self._resolve_config(env, seed, config, hyperparameters)
+        self.env_source = source = self._resolve_source(env, wrappers, config)
+        networks = {"actor": actor, "critic": critic}
+        self.config = config = self._resolve_config(source, env, seed, config, networks, hyperparameters)
+        self.device = resolve_device(config.device)
         self.parallel = self._join_ranks(config)
         self.dtype = getattr(torch, config.dtype)
+        env_stack = self._make_env_stack(source)
         try:
-            env_stack = make_env_stack(
-                config.env,
+            self._build_networks(env_stack, networks)
+        except BaseException:
+            env_stack.close()
+            raise
+        self.collector = self._make_collector(env_stack)
+        self.generator = torch.Generator().manual_seed(self.rank_seed)  # minibatch shuffles, Fisher subsamples
+        self.predict_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
+        self.policy_optimizer = self._make_policy_optimizer()
+        self.progress = Progress()
+        self._run_dirs: set[Path] = set()  # run directories this agent was loaded from or trained in
+
+    @staticmethod
+    def _resolve_source(env: Any, wrappers: Any, config: TRPOConfig | None) -> EnvSource:
+        """Where the environments come from: ``env`` (and ``wrappers``), else the config's names."""
+        if config is not None and not isinstance(config, TRPOConfig):
+            raise TypeError(f"config must be a TRPOConfig (got {type(config).__name__})")
+        if env is None and config is not None:
+            env, wrappers = config.env, (wrappers if wrappers is not None else config.wrappers)
+        return resolve_env("CartPole-v1" if env is None else env, wrappers)
+
+    def _make_env_stack(self, source: EnvSource) -> EnvStack:
+        config = self.config
+        try:
+            return make_env_stack(
+                source,
                 config.num_envs,
                 vectorization_mode=config.vectorization_mode,
                 env_kwargs=config.env_kwargs,
@@ -138,30 +186,29 @@ class TRPO:
                 clip_reward=config.clip_reward,
             )
         except (gym.error.Error, ImportError, TypeError) as error:
-            message = environment_error(config.env, config.env_kwargs, error)
+            message = environment_error(config.env, config.env_kwargs, error) if source.kind == "id" else None
             if message is None:
                 raise
             raise ValueError(message) from error
-        try:
-            self._build_networks(env_stack)
-        except ValueError:
-            env_stack.close()
-            raise
-        self.collector = self._make_collector(env_stack)
-        self.generator = torch.Generator().manual_seed(self.rank_seed)  # minibatch shuffles, Fisher subsamples
-        self.predict_generator = torch.Generator().manual_seed(config.seed + 1)
-        self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
-        self.policy_optimizer = self._make_policy_optimizer()
-        self.progress = Progress()
-        self._run_dirs: set[Path] = set()  # run directories this agent was loaded from or trained in
 
     @classmethod
     def _resolve_config(
-        cls, env: str | None, seed: int | None, config: TRPOConfig | None, hyperparameters: dict[str, Any]
+        cls,
+        source: EnvSource,
+        env: Any,
+        seed: int | None,
+        config: TRPOConfig | None,
+        networks: dict[str, Any],
+        hyperparameters: dict[str, Any],
     ) -> TRPOConfig:
-        """The run's config: the per-environment defaults with the hyperparameters on top, or ``config`` alone."""
+        """The run's config: the per-environment defaults with the hyperparameters on top, or ``config`` alone.
+
+        Python objects (an env, wrappers or networks a config cannot rebuild) are named in ``custom``.
+        """
+        custom = _custom_parts(source, networks)
+        if "device" in hyperparameters and isinstance(hyperparameters["device"], torch.device):
+            hyperparameters["device"] = str(hyperparameters["device"])
         if config is None:
-            env = "CartPole-v1" if env is None else env
             seed = 0 if seed is None else seed
             for name, fixed in cls.overrides.items():
                 if name in hyperparameters and hyperparameters[name] != fixed:
@@ -169,13 +216,14 @@ class TRPO:
                         f"{cls.__name__} always runs with {name}={fixed!r} (got {name}={hyperparameters[name]!r}); "
                         f"use TRPO for {name}={hyperparameters[name]!r}"
                     )
-            return TRPOConfig.for_env(env, seed=seed, **{**cls.overrides, **hyperparameters})
-        if not isinstance(config, TRPOConfig):
-            raise TypeError(f"config must be a TRPOConfig (got {type(config).__name__})")
-        given = [name for name, value in (("env", env), ("seed", seed)) if value is not None] + sorted(hyperparameters)
-        if given:
-            raise ValueError(f"config= holds the whole run; drop {given} or set them in the config")
-        return TRPOConfig.from_dict(config.to_dict())  # a validated copy, not shared with the caller
+            values = {**_source_defaults(source, hyperparameters), **cls.overrides, **hyperparameters}
+            return TRPOConfig.for_env(source.name, seed=seed, wrappers=source.wrapper_names, custom=custom, **values)
+        given = ["env"] if isinstance(env, str) and env != config.env else []
+        given += ["seed"] if seed is not None else []
+        if given + sorted(hyperparameters):
+            raise ValueError(f"config= holds the whole run; drop {given + sorted(hyperparameters)} or set them in it")
+        values = {**config.to_dict(), "env": source.name, "wrappers": source.wrapper_names, "custom": custom}
+        return TRPOConfig.from_dict(values)  # a validated copy, not shared with the caller
 
     def _join_ranks(self, config: TRPOConfig) -> DataParallel | None:
         """The data-parallel context (``None`` in a single process); sets the threads, checks the ranks' configs.
@@ -208,16 +256,22 @@ class TRPO:
         return cls(config=config)
 
     # ------------------------------------------------------------------ construction
-    def _build_networks(self, env_stack: EnvStack) -> None:
-        config, envs = self.config, env_stack.envs
-        self.obs_shape = envs.single_observation_space.shape
-        self.obs_dim = observation_dim(envs.single_observation_space)
+    def _build_networks(self, env_stack: EnvStack, given: dict[str, NetworkLike | None]) -> None:
+        """Actor and critic on the device, the user's or the built-in ones, checked on a sample batch."""
+        config, envs, self.layout = self.config, env_stack.envs, env_stack.layout
+        self.observation_space = network_observation_space(self.layout, envs.single_observation_space, self.dtype)
+        spaces = (self.observation_space, envs.single_action_space)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
+            nets = {name: user_network(net, name, spaces) for name, net in given.items()}
             self.actor: Actor = make_actor(
-                self.obs_dim, envs.single_action_space, config.hidden_sizes, config.activation, config.log_std_init
-            ).to(self.dtype)
-            self.critic = Critic(self.obs_dim, config.hidden_sizes, config.activation).to(self.dtype)
+                self.layout, spaces[1], config.hidden_sizes, config.activation, config.log_std_init, nets["actor"]
+            ).to(self.device, self.dtype)
+            self.critic = Critic(self.layout, config.hidden_sizes, config.activation, nets["critic"])
+            self.critic = self.critic.to(self.device, self.dtype)
+        sample = sample_batch(self.layout, envs.single_observation_space, self.dtype, self.device)
+        check_outputs(self.actor.net, "actor", sample, (2, self.actor.output_dim), f"the parameters of {spaces[1]}")
+        check_outputs(self.critic, "critic", sample, (2,), "one value per observation")
         if self.parallel is not None:
             self.parallel.broadcast_modules(self.actor, self.critic)
 
@@ -229,9 +283,9 @@ class TRPO:
             action_shape, action_dtype = _action_shape(env_stack.envs.single_action_space), np.int64
         if self.parallel is not None:  # before the first reset, whose observations the statistics take in
             self.parallel.track_statistics(env_stack)
-        config = self.config
+        mask_dim = self.actor.output_dim if isinstance(self.actor, MASKABLE_ACTORS) else None
         return Collector(
-            env_stack, config.n_steps, self.obs_dim, action_shape, action_dtype, numpy_dtype, self.rank_seed
+            env_stack, self.config.n_steps, action_shape, action_dtype, numpy_dtype, self.rank_seed, mask_dim
         )
 
     def _make_policy_optimizer(self) -> TrustRegionOptimizer:
@@ -239,7 +293,8 @@ class TRPO:
         config = self.config
         self.gauss_newton: GaussNewton | None = None
         if config.curvature == "gauss-newton":  # traced once here; each step gives it its batch (with_inputs)
-            no_batch_yet = torch.zeros(0, self.obs_dim, dtype=self.dtype)
+            space = self.env_stack.envs.single_observation_space
+            no_batch_yet = sample_batch(self.layout, space, self.dtype, self.device)[:0]
             self.gauss_newton = GaussNewton.for_module(self.actor, no_batch_yet, self.actor.output_fisher())
         if config.line_search:
             line_search = BacktrackingLineSearch(config.backtrack_iters, config.backtrack_ratio)
@@ -267,6 +322,11 @@ class TRPO:
         return self.progress.global_step
 
     @property
+    def num_timesteps(self) -> int:
+        """Stable-Baselines3's name of :attr:`global_step`."""
+        return self.progress.global_step
+
+    @property
     def iteration(self) -> int:
         return self.progress.iteration
 
@@ -278,55 +338,65 @@ class TRPO:
     # ------------------------------------------------------------------ training loop
     def learn(
         self,
-        total_steps: int,
-        *,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int | None = None,
         reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+        *,
         run_dir: str | Path | None = None,
-        progress: bool = False,
-        callback: Callable[[TRPO], bool | None] | None = None,
+        progress: bool | None = None,
     ) -> TRPO:
-        """Train for ``total_steps`` more environment steps, or up to ``total_steps`` in all.
+        """Train for ``total_timesteps`` more environment steps, or up to ``total_timesteps`` in all.
+
+        The signature is Stable-Baselines3's, so ``model.learn(...)`` calls carry over.
 
         Args:
-            total_steps: with ``reset_num_timesteps=True`` (the default, as in Stable-Baselines3)
+            total_timesteps: with ``reset_num_timesteps=True`` (the default, as in Stable-Baselines3)
                 the steps to take in this call, counted from :attr:`global_step`, so
                 ``agent.learn(4096)`` twice trains 8192 steps; with ``False``, a cumulative target
                 (counting earlier calls and the steps of a loaded checkpoint): ``learn(N, False)``
                 trains until ``global_step >= N``, and does nothing if it already is. Unlike
                 Stable-Baselines3, :attr:`global_step` and the logs never restart from 0. Steps come
                 in whole iterations of ``num_envs × n_steps`` (100,352 for 100,000 on CartPole).
+            callback: ``None``, a :class:`~agents.common.callbacks.Callback` (e.g.
+                :class:`~agents.common.callbacks.EvalCallback`), a function of the agent, or a list
+                of these, called after every iteration (after logging and any periodic checkpoint);
+                ``False`` from one stops training there. The checkpoint at the end is written all
+                the same, so the run continues from there with ``reset_num_timesteps=False``.
+            log_interval: print one line of metrics every ``log_interval`` iterations (``None``: quiet).
+            progress_bar: show a progress bar of the environment steps that will actually run
+                (``progress`` is the older name of this flag).
             run_dir: where logs, atomic checkpoints (every ``checkpoint_interval`` iterations and
                 at the end) and the learning curve go. A directory holding another run's checkpoint or
                 log is refused (``ValueError``); one this agent was loaded from continues its logs.
-            progress: show a progress bar of the environment steps that will actually run.
-            callback: called with the agent after every iteration (after logging and any periodic
-                checkpoint); returning ``False`` stops training there (Stable-Baselines3's
-                convention; ``None`` and ``True`` continue). The checkpoint at the end is written
-                all the same, so the run continues from there with ``reset_num_timesteps=False``.
 
         An exception during an iteration (``KeyboardInterrupt`` included) abandons only that one
         (:meth:`_iterate`).
         """
-        check_integer("total_steps", total_steps, 0)
+        check_integer("total_timesteps", total_timesteps, 0)
+        callbacks = as_callback(callback)
+        if log_interval is not None:
+            check_integer("log_interval", log_interval, 1, "iterations between printed lines; None prints nothing")
         self.check_resumable()
         if not isinstance(reset_num_timesteps, bool):
             raise ValueError(f"reset_num_timesteps must be True or False (got {reset_num_timesteps!r})")
-        target = self.global_step + total_steps if reset_num_timesteps else total_steps
+        target = self.global_step + total_timesteps if reset_num_timesteps else total_timesteps
         remaining = target - self.global_step
         if remaining <= 0:
             return self  # nothing to do, and nothing is rewritten
         batch = self.config.batch_size * self.world_size
         end_step = self.global_step + -(-remaining // batch) * batch  # whole iterations
         run_path = self._claim_run_dir(run_dir)
-        logger = self._run_logger(run_path, end_step, progress)
+        logger = self._run_logger(run_path, end_step, progress_bar if progress is None else progress, log_interval)
         try:
-            self._iterate(target, run_path, logger, callback)
+            self._iterate(target, run_path, logger, callbacks)
         finally:
             logger.close()
         self._plot_run(run_path)
         return self
 
-    def _run_logger(self, run_path: Path | None, end_step: int, progress: bool) -> RunLogger:
+    def _run_logger(self, run_path: Path | None, end_step: int, progress: bool, log_interval: int | None) -> RunLogger:
         """The logs and progress bar of this run; in a data-parallel run, rank 0 alone writes them."""
         writes = self.writes_files
         return RunLogger(
@@ -334,6 +404,7 @@ class TRPO:
             total_steps=end_step,
             start_step=self.global_step,
             progress=progress and writes,
+            log_interval=log_interval if writes else None,
         )
 
     def _plot_run(self, run_path: Path | None) -> None:
@@ -341,9 +412,7 @@ class TRPO:
             title = f"{self.algorithm.upper()} {self.config.env}"
             plot_learning_curve(run_path / CSV_NAME, run_path / PLOT_NAME, title)
 
-    def _iterate(
-        self, target: int, run_path: Path | None, logger: RunLogger, callback: Callable[[TRPO], bool | None] | None
-    ) -> None:
+    def _iterate(self, target: int, run_path: Path | None, logger: RunLogger, callback: Callback) -> None:
         """Iterations until ``target`` steps or the callback says stop, with periodic and final checkpoints.
 
         On any exception (``KeyboardInterrupt`` included) the iteration in progress is abandoned and, with
@@ -355,13 +424,15 @@ class TRPO:
         try:
             if run_path is not None:
                 consistent = self._consistent_state()
+            callback.on_training_start(self)
             while self.global_step < target:
-                logger.log(self.train_iteration())
+                metrics = self.train_iteration()
+                stop = callback.on_iteration(self, metrics) is False  # it may add metrics (evaluations)
+                logger.log(metrics)
                 saved = run_path is not None and self.iteration % self.config.checkpoint_interval == 0
                 if saved:
                     self.save(run_path / CHECKPOINT_NAME)
                     consistent = None
-                stop = callback is not None and callback(self) is False
                 if self.parallel is not None:
                     stop = self.parallel.any_rank(stop)  # every rank stops after the same iteration
                 if stop:
@@ -371,6 +442,7 @@ class TRPO:
             if run_path is not None and not saved:
                 self.save(run_path / CHECKPOINT_NAME)
                 consistent = None
+            callback.on_training_end(self)
         except BaseException as error:
             if self.parallel is not None:
                 self.parallel.publish_failure(error)  # the other ranks name it when their collectives fail
@@ -455,11 +527,11 @@ class TRPO:
             config.gamma,
             config.gae_lambda,
         )
-        return make_batch(rollout, advantages, returns, self.dtype)
+        return make_batch(rollout, advantages, returns, self.dtype, self.device)
 
-    def rollout_networks(self) -> RolloutNetworks:
-        """The numpy copy of actor and critic used by rollouts: ``obs -> (actor outputs, values)``."""
-        return RolloutNetworks(self.actor.net, self.critic.net)
+    def rollout_networks(self) -> RolloutNetworks | TorchRolloutNetworks:
+        """Actor and critic for rollouts, ``obs -> (actor outputs, values)``: a numpy copy of CPU MLPs, else torch."""
+        return rollout_networks(self.actor, self.critic)
 
     def update_policy(self, batch: Batch) -> KLStepResult:
         """One trust-region step on ``L(θ) = -mean(π_θ(a|s) / π_old(a|s) · Â)`` under ``mean KL <= δ``.
@@ -474,12 +546,12 @@ class TRPO:
             advantages = self.parallel.start_policy_step(advantages, self.config.normalize_advantage)
         elif self.config.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        old = OldPolicy.of(actor, batch.obs, batch.actions)
+        old = OldPolicy.of(actor, batch.obs, batch.actions, batch.masks)
         subsample = self._fisher_subsample(len(batch.obs))
         fisher_batch = old if subsample is None else old.subset(subsample)
 
         def closure() -> tuple[Tensor, Tensor]:
-            params = actor(old.obs)
+            params = policy_params(actor, old.obs, old.mask)
             log_prob = actor.log_prob(params, old.actions)
             surrogate = -(torch.exp(log_prob - old.log_prob) * advantages).mean()
             return surrogate, mean_kl(actor, old, params, log_prob, estimator)
@@ -498,13 +570,14 @@ class TRPO:
         """
         actor, estimator = self.actor, self.config.kl_estimator
         if self.gauss_newton is not None:
-            fisher: Curvature = self.gauss_newton.with_inputs(fisher_batch.obs)
+            output_fisher = None if fisher_batch.mask is None else actor.output_fisher(fisher_batch.mask)
+            fisher: Curvature = self.gauss_newton.with_inputs(fisher_batch.obs, fisher=output_fisher)
         elif fisher_batch is old:
             fisher = KLHessian()
         else:
 
             def fisher_batch_kl() -> Tensor:
-                params = actor(fisher_batch.obs)
+                params = policy_params(actor, fisher_batch.obs, fisher_batch.mask)
                 return mean_kl(actor, fisher_batch, params, actor.log_prob(params, fisher_batch.actions), estimator)
 
             fisher = KLHessian(constraint=fisher_batch_kl)
@@ -550,7 +623,7 @@ class TRPO:
 
     def _metrics(self, batch: Batch, step: KLStepResult, value_loss: float) -> dict[str, Any]:
         with torch.no_grad():
-            params = self.actor(batch.obs)
+            params = policy_params(self.actor, batch.obs, batch.masks)
             entropy = self.actor.entropy(params).mean().item()
         returns, values = batch.returns, batch.values
         variance = returns.var().item() if len(returns) > 1 else math.nan
@@ -579,48 +652,75 @@ class TRPO:
         }
 
     # ------------------------------------------------------------------ inference
-    def _as_policy_dtype(self, obs: np.ndarray) -> np.ndarray:
-        numpy_dtype = np.float32 if self.dtype == torch.float32 else np.float64
+    def _network_dtype(self, obs: np.ndarray) -> np.ndarray:
+        """Observations in the dtype the rollouts store: an image's own, else the policy's."""
+        numpy_dtype = self.collector.dtype
         return obs if obs.dtype == numpy_dtype else obs.astype(numpy_dtype)
 
     def normalize_observation(self, obs: np.ndarray) -> np.ndarray:
-        """Raw observations as the policy sees them: frozen training statistics, clipped to ``±clip_obs``."""
+        """Flat observations as the policy sees them: frozen training statistics, clipped to ``±clip_obs``."""
         normalizer = self.env_stack.obs_normalizer
         if normalizer is None:
             return obs
+        if isinstance(normalizer, NormalizeBoxEntries):
+            return normalizer.normalize(obs)
         rms, clip = normalizer.obs_rms, self.config.clip_obs
         return np.clip((obs - rms.mean) / np.sqrt(rms.var + normalizer.epsilon), -clip, clip).astype(np.float32)
 
-    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Actions for raw observations, one or a batch; Box actions are clipped to the bounds."""
-        obs = np.asarray(obs)
-        single = obs.shape == tuple(self.obs_shape)
-        if not single and obs.shape[1:] != tuple(self.obs_shape):
-            raise ValueError(f"obs must have shape {self.obs_shape} or (batch, *{self.obs_shape}); got {obs.shape}")
-        normalized = self.normalize_observation(obs.reshape(-1, *self.obs_shape))
-        flat = self._as_policy_dtype(normalized.reshape(-1, self.obs_dim))
-        with torch.inference_mode():
-            params = self.actor(torch.from_numpy(np.ascontiguousarray(flat)))
-            action = self.actor.mode(params) if deterministic else self.actor.sample(params, self.predict_generator)
-            env_action = self.actor.to_env(action.numpy())
-        return env_action[0] if single else env_action
+    def act(self, observation: Any, deterministic: bool = True, action_masks: Any = None) -> np.ndarray:
+        """Actions for raw observations, one or a batch; Box actions are clipped to the bounds.
 
-    def evaluate(self, n_episodes: int | None = None, deterministic: bool = True) -> dict[str, Any]:
-        """Run ``n_episodes`` episodes (one per sub-environment, fixed seeds) and report raw returns."""
+        ``action_masks`` (Discrete and MultiDiscrete actions): ``True`` where an action is allowed,
+        one mask per observation; masked actions are never returned.
+        """
+        space = self.env_stack.base.single_observation_space
+        obs, single = network_observations(self.layout, space, observation)
+        masks = None if action_masks is None else np.asarray(action_masks, dtype=bool).reshape(len(obs), -1)
+        actions = self._actions(self.normalize_observation(obs), deterministic, masks)
+        return actions[0] if single else actions
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        action_masks: Any = None,
+    ) -> tuple[np.ndarray, Any]:
+        """Stable-Baselines3's ``predict``: ``(action, state)`` for raw observations; ``state`` is passed through.
+
+        The policies have no recurrent state, so ``state`` and ``episode_start`` are accepted and
+        ``state`` returned unchanged. :meth:`act` returns the action alone, deterministic by default.
+        """
+        return self.act(observation, deterministic, action_masks), state
+
+    def _actions(self, obs: np.ndarray, deterministic: bool, masks: np.ndarray | None) -> np.ndarray:
+        """Actions for a ``[batch, *shape]`` array of network observations (normalised), as the env takes them."""
+        x = torch.from_numpy(np.ascontiguousarray(self._network_dtype(obs))).to(self.device)
+        mask = None if masks is None else torch.from_numpy(masks).to(self.device)
+        if mask is not None and mask.shape != (len(x), self.actor.output_dim):
+            raise ValueError(f"action_masks must have {self.actor.output_dim} entries per observation, True = allowed "
+                             f"(got shape {tuple(mask.shape)} for {len(x)} observations)")  # fmt: skip
+        if mask is not None and not bool(mask.any(-1).all()):
+            raise ValueError("action_masks allow no action for some observation; allow at least one per observation")
+        with torch.inference_mode():
+            params = policy_params(self.actor, x, mask)
+            action = self.actor.mode(params) if deterministic else self.actor.sample(params, self.predict_generator)
+            return self.actor.to_env(action.cpu().numpy())
+
+    def evaluate(self, n_episodes: int | None = None, deterministic: bool = True, env: Any = None) -> dict[str, Any]:
+        """Run ``n_episodes`` episodes (one per sub-environment, fixed seeds) and report raw returns.
+
+        ``env`` (an id, a ``gymnasium.Env``, a factory) evaluates there instead of on new environments
+        like the training ones; action masks are read from it as in training.
+        """
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         check_integer("n_episodes", n_episodes, 1)
-        envs = make_eval_envs(self.config.env, n_episodes, self.config.env_kwargs)
+        source = self.env_source if env is None else resolve_env(env, self.env_source.wrappers)
+        mode = self.config.vectorization_mode if env is None else "sync"
+        envs = make_eval_envs(source, n_episodes, self.config.env_kwargs if env is None else {}, mode)
         try:
-            obs, _ = envs.reset(seed=self.config.seed + EVAL_SEED_OFFSET)
-            returns = np.zeros(n_episodes)
-            lengths = np.zeros(n_episodes, dtype=int)
-            done = np.zeros(n_episodes, dtype=bool)
-            while not done.all():
-                obs, reward, terminated, truncated, _ = envs.step(self.predict(obs, deterministic))
-                active = ~done
-                returns[active] += reward[active]
-                lengths[active] += 1
-                done |= (terminated | truncated) & active
+            returns, lengths = self._run_episodes(envs, n_episodes, deterministic)
         finally:
             envs.close()
         return {
@@ -629,6 +729,24 @@ class TRPO:
             "returns": returns.tolist(),
             "lengths": lengths.tolist(),
         }
+
+    def _run_episodes(self, envs: Any, n_episodes: int, deterministic: bool) -> tuple[np.ndarray, np.ndarray]:
+        obs, info = envs.reset(seed=self.config.seed + EVAL_SEED_OFFSET)
+        mask_dim = self.actor.output_dim if isinstance(self.actor, MASKABLE_ACTORS) else None
+        masks = ActionMasks.detect(envs, n_episodes, info, mask_dim)
+        returns, lengths = np.zeros(n_episodes), np.zeros(n_episodes, dtype=int)
+        done = np.zeros(n_episodes, dtype=bool)
+        while not done.all():
+            normalized = self.normalize_observation(obs.reshape(n_episodes, *self.layout.shape))
+            actions = self._actions(normalized, deterministic, None if masks is None else masks.current)
+            obs, reward, terminated, truncated, info = envs.step(actions)
+            if masks is not None:
+                masks.read(info, int(lengths.max()) + 1)
+            active = ~done
+            returns[active] += reward[active]
+            lengths[active] += 1
+            done |= (terminated | truncated) & active
+        return returns, lengths
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_parts(self) -> dict[str, Stateful]:
@@ -697,10 +815,21 @@ class TRPO:
             save_checkpoint(path, state)
 
     @classmethod
-    def load(cls, path: str | Path) -> TRPO:
+    def load(
+        cls,
+        path: str | Path,
+        env: EnvLike | None = None,
+        *,
+        wrappers: Sequence[Wrapper | str] | None = None,
+        actor: NetworkLike | None = None,
+        critic: NetworkLike | None = None,
+        device: str | torch.device | None = None,
+    ) -> TRPO:
         """Rebuild an agent from :meth:`save`; ``learn`` then continues the run bit for bit.
 
-        ``path`` may be a checkpoint file or a run directory holding ``checkpoint.pt``.
+        ``path`` may be a checkpoint file or a run directory holding ``checkpoint.pt``. A run trained
+        on Python objects its config cannot rebuild (an environment instance or factory, wrappers,
+        networks: the config's ``custom``) needs them again here; ``device`` moves the run.
         """
         path = Path(path)
         if path.is_dir():
@@ -708,7 +837,16 @@ class TRPO:
         parallel = data_parallel()
         state = load_checkpoint(path) if parallel is None else parallel.from_rank_zero(lambda: load_checkpoint(path))
         check_format(state, CHECKPOINT_FORMAT, path)
-        agent = cls(config=TRPOConfig.from_dict(state["config"]))
+        config = TRPOConfig.from_dict(state["config"])
+        objects = {"env": env, "wrappers": wrappers, "actor": actor, "critic": critic}
+        missing = [name for name in config.custom if objects[name] is None]
+        if missing:
+            arguments = ", ".join(f"{name}=..." for name in missing)
+            raise ValueError(f"{path} was trained with {', '.join(missing)} given as Python objects; pass them "
+                             f"again: {cls.__name__}.load({str(path)!r}, {arguments})")  # fmt: skip
+        if device is not None:
+            config.device = str(device)
+        agent = cls(env, config=config, wrappers=wrappers, actor=actor, critic=critic)
         agent.algorithm = state["algorithm"]  # the run keeps its name: an NPG run loaded through TRPO.load stays npg
         try:
             agent.load_state_dict(state)
@@ -721,6 +859,22 @@ class TRPO:
     def close(self) -> None:
         """Close the vector environment (needed for ``async`` mode's worker processes)."""
         self.collector.close()
+
+
+def _custom_parts(source: EnvSource, networks: dict[str, Any]) -> tuple[str, ...]:
+    """The parts of a run given as Python objects its config cannot rebuild (``load`` needs them again)."""
+    parts = ["env"] if not source.importable else []
+    parts += ["wrappers"] if not wrappers_importable(source) else []
+    return (*parts, *(name for name, given in networks.items() if given is not None))
+
+
+def _source_defaults(source: EnvSource, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """``num_envs`` an environment object implies: 1 for an instance, its own for a VectorEnv."""
+    if source.kind == "instance" and "num_envs" not in hyperparameters:
+        return {"num_envs": 1}
+    if source.kind == "vector" and "num_envs" not in hyperparameters:
+        return {"num_envs": source.target.num_envs}
+    return {}
 
 
 def _copy_state(value: Any) -> Any:

@@ -57,7 +57,7 @@ INTERRUPTED_AFTER = 2
 def synthetic_batch(agent: TRPO, size: int, seed: int) -> Batch:
     """A batch of ``size`` random states, actions the policy could take, advantages and returns."""
     generator = torch.Generator().manual_seed(seed)
-    obs = torch.randn(size, agent.obs_dim, generator=generator, dtype=torch.float64)
+    obs = torch.randn(size, agent.layout.dim, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         actions = agent.actor.sample(agent.actor(obs), generator)
     advantages, returns, values = torch.randn(3, size, generator=generator, dtype=torch.float64)

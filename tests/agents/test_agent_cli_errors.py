@@ -78,7 +78,7 @@ def copy_run(run_dir: Path, destination: Path) -> Path:
         (["--curvature", "fisher"], "gauss-newton"),
         (["--seed", "-1"], "--seed"),
         (["--bogus"], USAGE_HINT),
-        (["--env", "tests/DictObservation-v0"], "Dict"),
+        (["--env", "tests/TextObservation-v0"], "Text"),
         (["--resume", "no/such/run"], "no such run directory"),
         (["--eval", "no/such/run"], "no such run directory"),
         (["--resume", "somewhere", "--eval", "elsewhere"], "--resume"),

@@ -25,7 +25,7 @@ def make_collector(env="tests/ScriptedChain-v0", num_envs=2, n_steps=5, seed=0):
     torch.manual_seed(seed)
     actor = make_actor(obs_dim, env_stack.envs.single_action_space, (8,))
     critic = Critic(obs_dim, (8,), "tanh")
-    collector = Collector(env_stack, n_steps, obs_dim, *LAYOUTS[env], np.float32, seed)
+    collector = Collector(env_stack, n_steps, *LAYOUTS[env], np.float32, seed)
     return collector, actor, RolloutNetworks(actor.net, critic.net)
 
 

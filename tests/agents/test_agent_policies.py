@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import distributions as D
 
+from agents.common.observations import observation_layout
 from agents.common.policies import (
     BernoulliActor,
     CategoricalActor,
@@ -19,7 +20,6 @@ from agents.common.policies import (
     RolloutNetworks,
     make_actor,
     mean_kl,
-    observation_dim,
     parameters_shared,
 )
 from trustregion import GaussNewton, KLHessian, StepProblem
@@ -207,13 +207,26 @@ def test_multidiscrete_and_multibinary_get_their_own_heads():
     ],
     ids=lambda space: type(space).__name__,
 )
-def test_unsupported_spaces_are_refused_with_the_fix(space):
+def test_unsupported_action_spaces_are_refused_with_the_fix(space):
     with pytest.raises(ValueError, match=type(space).__name__) as action_error:
         make_actor(3, space, (4,))
     assert "wrap" in str(action_error.value)
-    with pytest.raises(ValueError, match=type(space).__name__) as obs_error:
-        observation_dim(space)
-    assert "FlattenObservation" in str(obs_error.value)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        gym.spaces.Text(5),
+        gym.spaces.Graph(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)),
+        gym.spaces.Sequence(gym.spaces.Discrete(2)),
+        gym.spaces.Dict({"fine": gym.spaces.Discrete(2), "not": gym.spaces.Text(3)}),
+    ],
+    ids=lambda space: type(space).__name__,
+)
+def test_unsupported_observation_spaces_are_refused_in_one_line_with_the_fix(space):
+    with pytest.raises(ValueError, match="unsupported observation space") as error:
+        observation_layout(space)
+    assert "ObservationWrapper" in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("kind", list(SPACES))

@@ -183,7 +183,10 @@ def test_fisher_subsample_feeds_the_curvature():
     sizes = []
     gauss_newton = agent.gauss_newton
     original_with_inputs = gauss_newton.with_inputs
-    gauss_newton.with_inputs = lambda inputs: (sizes.append(len(inputs)), original_with_inputs(inputs))[1]
+    gauss_newton.with_inputs = lambda inputs, **kwargs: (
+        sizes.append(len(inputs)),
+        original_with_inputs(inputs, **kwargs),
+    )[1]
     assert agent.update_policy(batch).accepted
     assert sizes == [math.ceil(0.2 * len(batch.obs))]
     agent.close()
@@ -314,10 +317,13 @@ def test_save_load_round_trip_predicts_and_evaluates_identically(tmp_path):
     loaded = TRPO.load(tmp_path / "agent.pt")
     assert loaded.config == agent.config
     observations = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
-    np.testing.assert_array_equal(loaded.predict(observations), agent.predict(observations))
-    single = loaded.predict(observations[0])
+    np.testing.assert_array_equal(loaded.act(observations), agent.act(observations))
+    single = loaded.act(observations[0])
     assert single.shape == (1,)
-    np.testing.assert_allclose(single, agent.predict(observations)[0], rtol=1e-5)  # batch of 1 vs 5: rounding
+    np.testing.assert_allclose(single, agent.act(observations)[0], rtol=1e-5)  # batch of 1 vs 5: rounding
+    action, state = loaded.predict(observations, deterministic=True)  # Stable-Baselines3's signature
+    np.testing.assert_array_equal(action, agent.act(observations))
+    assert state is None
     np.testing.assert_array_equal(loaded.normalize_observation(observations), agent.normalize_observation(observations))
     assert loaded.evaluate(3) == agent.evaluate(3)
     # evaluation uses the saved statistics and leaves them alone
@@ -394,16 +400,18 @@ def test_unknown_hyperparameter_is_named():
 
 def test_bad_learn_and_evaluate_arguments():
     agent = TRPO("CartPole-v1", **SMALL)
-    with pytest.raises(ValueError, match="total_steps"):
+    with pytest.raises(ValueError, match="total_timesteps"):
         agent.learn(-1)
     with pytest.raises(ValueError, match="n_episodes"):
         agent.evaluate(0)
-    with pytest.raises(ValueError, match="obs"):
+    with pytest.raises(ValueError, match="observation"):
         agent.predict(np.zeros(5))
+    with pytest.raises(ValueError, match="observation"):
+        agent.predict(np.zeros((2, 3, 4)))
     agent.close()
 
 
-@pytest.mark.parametrize(("env", "space"), [("tests/DictObservation-v0", "Dict"), ("tests/TupleAction-v0", "Tuple")])
+@pytest.mark.parametrize(("env", "space"), [("tests/TextObservation-v0", "Text"), ("tests/TupleAction-v0", "Tuple")])
 def test_environments_with_unsupported_spaces_are_refused(env, space):
     with pytest.raises(ValueError, match=space):
         TRPO(env)

@@ -76,7 +76,7 @@ class RandomRewardEnv(gym.Env):
 
 
 class DictObservationEnv(gym.Env):
-    """An environment the agents must refuse (Dict observations)."""
+    """A Dict observation that never changes; every episode ends after one step."""
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
@@ -107,6 +107,21 @@ class TupleActionEnv(DictObservationEnv):
         return np.zeros(2, np.float32), 0.0, True, False, {}
 
 
+class TextObservationEnv(DictObservationEnv):
+    """An environment the agents must refuse (Text observations)."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Text(4)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        gym.Env.reset(self, seed=seed)
+        return "abc", {}
+
+    def step(self, action):
+        return "abc", 0.0, True, False, {}
+
+
 def register_all() -> None:
     """Register the ids used by the tests (idempotent)."""
     if "tests/ScriptedChain-v0" in gym.registry:
@@ -116,3 +131,4 @@ def register_all() -> None:
         gym.register(f"tests/Random-{action}-v0", entry_point=RandomRewardEnv, kwargs={"action": action})
     gym.register("tests/DictObservation-v0", entry_point=DictObservationEnv)
     gym.register("tests/TupleAction-v0", entry_point=TupleActionEnv)
+    gym.register("tests/TextObservation-v0", entry_point=TextObservationEnv)

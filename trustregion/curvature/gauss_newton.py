@@ -102,12 +102,18 @@ class GaussNewton(Curvature):
         if trace_again:
             self._traced = trace(self.outputs.module, self.outputs.names)
 
-    def with_inputs(self, inputs: Tensor | tuple[Tensor, ...]) -> GaussNewton:
-        """The same operator on another batch (a :meth:`for_module` operator only; the trace is reused)."""
+    def with_inputs(self, inputs: Tensor | tuple[Tensor, ...], fisher: OutputFisher | None = None) -> GaussNewton:
+        """The same operator on another batch (a :meth:`for_module` operator only; the trace is reused).
+
+        ``fisher`` replaces the output Fisher for that batch, e.g. ``CategoricalFisher(mask)`` with the
+        batch's action masks; ``None`` keeps this operator's.
+        """
         if not isinstance(self.outputs, _ModuleOutputs):
             raise TypeError("with_inputs needs an operator from GaussNewton.for_module(module, inputs, fisher)")
+        fisher = self.fisher if fisher is None else fisher
+        check_instance("fisher", fisher, OutputFisher, "CategoricalFisher(mask)")
         operator = object.__new__(GaussNewton)  # not copy.copy, which would trace again
-        operator.__dict__.update(self.__dict__, outputs=self.outputs.on(_as_inputs(inputs)))
+        operator.__dict__.update(self.__dict__, outputs=self.outputs.on(_as_inputs(inputs)), fisher=fisher)
         return operator
 
     def build(self, problem: StepProblem) -> LinearOperator:
