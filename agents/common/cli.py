@@ -53,8 +53,8 @@ EXIT_FAILED = 1
 
 _RUN_FIELDS = ("env", "seed", "num_envs", "env_kwargs", "wrappers", "custom")  # config fields of the "run" group
 _LINE_SEARCH_FIELDS = ("backtrack_iters", "backtrack_ratio")  # apply only with a line search
-_RESUME_FLAGS = {"total_steps", "no_progress", "debug", "resume"}
-_EVAL_FLAGS = {"eval", "eval_episodes", "debug", "no_progress"}
+_RESUME_FLAGS = {"total_steps", "no_progress", "debug", "resume", "record_video"}
+_EVAL_FLAGS = {"eval", "eval_episodes", "debug", "no_progress", "record_video"}
 
 FIELD_HELP: dict[str, str] = {
     "env": "gymnasium environment id, or MODULE:FACTORY, a zero-argument function returning a gymnasium.Env",
@@ -181,6 +181,13 @@ def _add_run_flags(run: argparse._ArgumentGroup, overrides: dict[str, Any]) -> N
         type=Path,
         metavar="PATH",
         help="only evaluate a run directory or checkpoint and print the result (default: train)",
+    )
+    run.add_argument(
+        "--record-video",
+        type=Path,
+        metavar="DIR",
+        help="record the evaluation episodes as videos in DIR, new or empty (gymnasium's RecordVideo; needs a "
+        "registered --env that renders rgb_array frames and pip install moviepy) (default: no video)",
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     run.add_argument("--debug", action="store_true", help="show the Python traceback of an error (default: off)")
@@ -439,7 +446,7 @@ def evaluate_only(agent_class: Any, args: argparse.Namespace, parser: argparse.A
         raise UsageError(f"--eval-episodes must be an integer >= 1 (got {args.eval_episodes})")
     agent = _load(agent_class, checkpoint)
     try:
-        result = agent.evaluate(args.eval_episodes)
+        result = agent.evaluate(args.eval_episodes, env=_video_env(agent, args.record_video))
     finally:
         agent.close()
     print(evaluation_line(agent, result))
@@ -451,6 +458,7 @@ def train(
     agent: Any, run_dir: Path, total_steps: int, args: argparse.Namespace, parser: argparse.ArgumentParser
 ) -> int:
     """Train to ``total_steps`` in all, then evaluate; a signal stops cleanly with the resume command."""
+    video = _video_env(agent, args.record_video)  # a bad --record-video is refused before training
     stop = StopOnSignal()
     failure: Exception | None = None
     abandoned = False
@@ -473,7 +481,7 @@ def train(
                 failure = error
             stop.immediate = True  # from here on a signal stops at once: nothing is left to save
             if not abandoned and failure is None and stop.signum is None and agent.writes_files:
-                line = _evaluate_and_record(agent, run_dir)
+                line = _evaluate_and_record(agent, run_dir, video)
         except KeyboardInterrupt:  # during the final evaluation
             pass
         finally:
@@ -515,9 +523,37 @@ def _stopped_message(agent: Any, run_dir: Path, total_steps: int, signum: int, a
     return f"stopped by {name} at step {agent.global_step:,}; the run is saved; resume it with: {resume_command}"
 
 
-def _evaluate_and_record(agent: Any, run_dir: Path) -> str:
-    """The final evaluation: ``evaluation.txt`` and the learning curve with its point; returns the line."""
-    result = agent.evaluate()
+def _video_env(agent: Any, folder: Path | None) -> Any:
+    """``None`` without ``--record-video``; else a factory of evaluation environments that record every episode."""
+    if folder is None:
+        return None
+    if agent.env_source.kind != "id":
+        raise UsageError("--record-video needs a registered --env id: the env is made with render_mode='rgb_array'")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UsageError(f"--record-video {folder} is not empty; pass a new directory (videos are never overwritten)")
+    import gymnasium as gym
+    from gymnasium.wrappers import RecordVideo
+
+    config = agent.config
+
+    def recorded(name: str) -> gym.Env:
+        env = gym.make(config.env, render_mode="rgb_array", **config.env_kwargs)
+        return RecordVideo(env, str(folder), name_prefix=name, episode_trigger=lambda episode: episode == 0)
+
+    try:
+        recorded("probe").close()  # fails here, in one line, without moviepy or rgb_array rendering
+    except (gym.error.Error, ImportError, ValueError) as error:
+        raise UsageError(f"--record-video: {_one_line(error)}") from error
+    names = (f"episode-{index}" for index in range(1 << 30))
+    return lambda: recorded(next(names))
+
+
+def _evaluate_and_record(agent: Any, run_dir: Path, video: Any = None) -> str:
+    """The final evaluation: ``evaluation.txt`` and the learning curve with its point; returns the line.
+
+    ``video`` is :func:`_video_env`'s factory of recording environments, or ``None``.
+    """
+    result = agent.evaluate(env=video)
     line = evaluation_line(agent, result)
     atomic_write_text(run_dir / EVALUATION_NAME, line + "\n")
     title = f"{agent.algorithm.upper()} {agent.config.env}"

@@ -434,13 +434,15 @@ def make_eval_envs(
 ) -> VectorEnv:
     """Sync vector env for evaluation: flattened like the training one, with only the :class:`FiniteCheck`.
 
-    The agent normalises observations itself, with its frozen training statistics.
+    The agent normalises observations itself, with its frozen training statistics. Sub-environments
+    the agent builds record their episodes below the user's wrappers, as in training, so evaluation
+    returns are the environment's own.
     """
     source = resolve_env(env).copy_for_evaluation()
     if vectorization_mode == "vector_entry_point":
         envs = make_native_vector_env(source.name, num_envs, env_kwargs or {})
     else:
-        envs = source.vector(num_envs, "sync", env_kwargs or {})
+        envs = source.vector(num_envs, "sync", env_kwargs or {}, inner=[RecordEpisodeStatistics])
     if observation_layout(envs.single_observation_space).flatten:
         envs = FlattenObservation(envs)
     return FiniteCheck(envs, source.name)

@@ -745,7 +745,11 @@ class TRPO:
             active = ~done
             returns[active] += reward[active]
             lengths[active] += 1
-            done |= (terminated | truncated) & active
+            ended = (terminated | truncated) & active
+            if "_episode" in info:  # the environment's own return, below the user's wrappers
+                recorded = ended & info["_episode"]
+                returns[recorded] = info["episode"]["r"][recorded]
+            done |= ended
         return returns, lengths
 
     # ------------------------------------------------------------------ persistence
