@@ -156,6 +156,11 @@ def _add_run_flags(run: argparse._ArgumentGroup, overrides: dict[str, Any]) -> N
     )
     run.add_argument("--num-envs", type=int, metavar="N", help=_field_help("num_envs", overrides))
     run.add_argument("--env-kwargs", type=_json_object, metavar="JSON", help=_help("env_kwargs", "default: {}"))
+    _add_place_flags(run)
+
+
+def _add_place_flags(run: argparse._ArgumentGroup) -> None:
+    """Where a run goes, resume and evaluation, videos, and the output of the command."""
     run.add_argument(
         "--run-dir",
         type=Path,
@@ -487,15 +492,9 @@ def train(
         finally:
             with suppress(KeyboardInterrupt):
                 agent.close()
-    prog, where = parser.prog, _quote(run_dir)
-    resume_command = f"python -m agents.{agent.algorithm} --resume {where}"
+    prog = parser.prog
     if failure is not None:
-        rank = "" if agent.parallel is None else f"rank {agent.parallel.rank}: "
-        print(
-            f"{prog}: error: {rank}training stopped by {type(failure).__name__}: {_one_line(failure)}; the last "
-            f"completed iteration is saved: resume with: {resume_command} (--debug shows the traceback)",
-            file=sys.stderr,
-        )
+        _print_failure(agent, run_dir, prog, failure)
         return EXIT_FAILED
     if not agent.writes_files:  # rank 0 reports how the run ended
         return 0 if stop.signum is None and not abandoned else 128 + (stop.signum or signal.SIGINT)
@@ -505,6 +504,17 @@ def train(
     signum = stop.signum or signal.SIGINT
     print(f"{prog}: {_stopped_message(agent, run_dir, total_steps, signum, abandoned)}", file=sys.stderr)
     return 128 + signum
+
+
+def _print_failure(agent: Any, run_dir: Path, prog: str, failure: Exception) -> None:
+    """The one line printed when training failed: the error, and the command that resumes the saved run."""
+    resume_command = f"python -m agents.{agent.algorithm} --resume {_quote(run_dir)}"
+    rank = "" if agent.parallel is None else f"rank {agent.parallel.rank}: "
+    print(
+        f"{prog}: error: {rank}training stopped by {type(failure).__name__}: {_one_line(failure)}; the last "
+        f"completed iteration is saved: resume with: {resume_command} (--debug shows the traceback)",
+        file=sys.stderr,
+    )
 
 
 def _stopped_message(agent: Any, run_dir: Path, total_steps: int, signum: int, abandoned: bool) -> str:

@@ -103,9 +103,10 @@ class EnvSource:
         """A source that builds evaluation environments apart from the training ones."""
         if self.kind == "vector":
             raise ValueError("evaluate needs env= when training ran on a VectorEnv: pass a gymnasium.Env or a factory")
-        if self.kind == "instance":
+        if self.kind == "instance":  # one copy per evaluation episode, the training instance untouched
             try:
-                return EnvSource("instance", self.name, copy.deepcopy(self.target), importable=False)
+                copy.deepcopy(self.target)
+                return EnvSource("factory", self.name, lambda: copy.deepcopy(self.target), importable=False)
             except Exception as error:
                 raise ValueError(
                     f"evaluate cannot copy the env instance ({type(error).__name__}: {error}); pass env= "

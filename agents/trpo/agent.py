@@ -349,24 +349,20 @@ class TRPO:
     ) -> TRPO:
         """Train for ``total_timesteps`` more environment steps, or up to ``total_timesteps`` in all.
 
-        The signature is Stable-Baselines3's, so ``model.learn(...)`` calls carry over.
-
+        Stable-Baselines3's signature, so ``model.learn(...)`` calls carry over.
         Args:
             total_timesteps: with ``reset_num_timesteps=True`` (the default, as in Stable-Baselines3)
-                the steps to take in this call, counted from :attr:`global_step`, so
-                ``agent.learn(4096)`` twice trains 8192 steps; with ``False``, a cumulative target
-                (counting earlier calls and the steps of a loaded checkpoint): ``learn(N, False)``
-                trains until ``global_step >= N``, and does nothing if it already is. Unlike
-                Stable-Baselines3, :attr:`global_step` and the logs never restart from 0. Steps come
-                in whole iterations of ``num_envs × n_steps`` (100,352 for 100,000 on CartPole).
+                the steps to take in this call (``learn(4096)`` twice trains 8192 steps); with
+                ``False``, a cumulative target: train until ``global_step >= N``, or do nothing.
+                :attr:`global_step` and the logs never restart from 0. Steps come in whole
+                iterations of ``num_envs × n_steps`` (100,352 for 100,000 on CartPole).
             callback: ``None``, a :class:`~agents.common.callbacks.Callback` (e.g.
                 :class:`~agents.common.callbacks.EvalCallback`), a function of the agent, or a list
                 of these, called after every iteration (after logging and any periodic checkpoint);
                 ``False`` from one stops training there. The checkpoint at the end is written all
                 the same, so the run continues from there with ``reset_num_timesteps=False``.
             log_interval: print one line of metrics every ``log_interval`` iterations (``None``: quiet).
-            progress_bar: show a progress bar of the environment steps that will actually run
-                (``progress`` is the older name of this flag).
+            progress_bar: show a progress bar of the steps that will run (``progress``: its older name).
             run_dir: where logs, atomic checkpoints (every ``checkpoint_interval`` iterations and
                 at the end) and the learning curve go. A directory holding another run's checkpoint or
                 log is refused (``ValueError``); one this agent was loaded from continues its logs.
@@ -374,14 +370,8 @@ class TRPO:
         An exception during an iteration (``KeyboardInterrupt`` included) abandons only that one
         (:meth:`_iterate`).
         """
-        check_integer("total_timesteps", total_timesteps, 0)
+        target = self._learn_target(total_timesteps, reset_num_timesteps, log_interval)
         callbacks = as_callback(callback)
-        if log_interval is not None:
-            check_integer("log_interval", log_interval, 1, "iterations between printed lines; None prints nothing")
-        self.check_resumable()
-        if not isinstance(reset_num_timesteps, bool):
-            raise ValueError(f"reset_num_timesteps must be True or False (got {reset_num_timesteps!r})")
-        target = self.global_step + total_timesteps if reset_num_timesteps else total_timesteps
         remaining = target - self.global_step
         if remaining <= 0:
             return self  # nothing to do, and nothing is rewritten
@@ -395,6 +385,16 @@ class TRPO:
             logger.close()
         self._plot_run(run_path)
         return self
+
+    def _learn_target(self, total_timesteps: int, reset_num_timesteps: bool, log_interval: int | None) -> int:
+        """The step ``learn`` trains to, after checking its arguments and that this run may continue here."""
+        check_integer("total_timesteps", total_timesteps, 0)
+        if log_interval is not None:
+            check_integer("log_interval", log_interval, 1, "iterations between printed lines; None prints nothing")
+        self.check_resumable()
+        if not isinstance(reset_num_timesteps, bool):
+            raise ValueError(f"reset_num_timesteps must be True or False (got {reset_num_timesteps!r})")
+        return self.global_step + total_timesteps if reset_num_timesteps else total_timesteps
 
     def _run_logger(self, run_path: Path | None, end_step: int, progress: bool, log_interval: int | None) -> RunLogger:
         """The logs and progress bar of this run; in a data-parallel run, rank 0 alone writes them."""
