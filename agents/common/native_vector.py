@@ -103,7 +103,7 @@ class EpisodeStatistics(VectorWrapper):
             self.episode_returns += rewards
             self.episode_lengths += 1
         self.prev_dones = dones = terminated | truncated
-        self.any_prev_done = _count_nonzero(dones) > 0  # a fraction of the cost of dones.any()
+        self.any_prev_done = bool(_count_nonzero(dones))  # a fraction of the cost of dones.any()
         if self.any_prev_done:
             info = self._add_episodes(info, dones)
         return obs, rewards, terminated, truncated, info

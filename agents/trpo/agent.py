@@ -846,8 +846,8 @@ class TRPO:
         missing = [name for name in config.custom if objects[name] is None]
         if missing:
             arguments = ", ".join(f"{name}=..." for name in missing)
-            raise ValueError(f"{path} was trained with {', '.join(missing)} given as Python objects; pass them "
-                             f"again: {cls.__name__}.load({str(path)!r}, {arguments})")  # fmt: skip
+            raise ValueError(f"{path} was trained on Python objects its config cannot rebuild ({', '.join(missing)}); "
+                             f"pass them again: {cls.__name__}.load({str(path)!r}, {arguments})")  # fmt: skip
         if device is not None:
             config.device = str(device)
         agent = cls(env, config=config, wrappers=wrappers, actor=actor, critic=critic)
