@@ -123,6 +123,8 @@ def run_ours(problem, args: argparse.Namespace, seed: int) -> Trace:
     if args.control == "trust-radius":
         options["control"] = trustregion.TrustRadius(gtol=1e-10)
         options.setdefault("solver", trustregion.DenseSolver())
+    elif args.control == "scaled-trust-radius":  # Levenberg-Marquardt's trust-region formulation (SecularSolver)
+        options["control"] = trustregion.ScaledTrustRadius(params=problem.params, gtol=1e-8)
 
     def callback(_step: trustregion.StepResult) -> bool:
         record()
@@ -262,7 +264,13 @@ def plot(traces: list[Trace], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"engd": "tab:gray", "adam": "tab:orange", "lbfgs": "tab:green", "ours (trust-radius)": "tab:purple"}
+    colors = {
+        "engd": "tab:gray",
+        "adam": "tab:orange",
+        "lbfgs": "tab:green",
+        "ours (trust-radius)": "tab:purple",
+        "ours (scaled-trust-radius)": "tab:red",
+    }
     figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for trace in traces:
         color = colors.get(trace.method, "tab:blue")
@@ -288,7 +296,11 @@ def main(argv: list[str] | None = None) -> list[Trace]:
     parser.add_argument("--grid", type=int, default=30, help="interior grid size and points per side (default 30)")
     parser.add_argument("--steps", type=int, default=200, help="steps of ours and of the reference (default 200)")
     parser.add_argument("--solver", default="default", help="ours: default, dense, steihaug, steihaug-jacobi")
-    parser.add_argument("--control", default="default", help="ours: default, or trust-radius (with the dense solver)")
+    parser.add_argument(
+        "--control",
+        default="default",
+        help="ours: default, trust-radius (with the dense solver) or scaled-trust-radius (with SecularSolver)",
+    )
     parser.add_argument("--seconds", type=float, default=math.inf, help="CPU seconds of ours and engd")
     parser.add_argument("--baseline-seconds", type=float, default=60.0, help="Adam's, L-BFGS's CPU seconds (0: none)")
     parser.add_argument("--no-engd", action="store_true", help="leave out the reference (the larger network)")

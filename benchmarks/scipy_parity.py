@@ -35,7 +35,10 @@ linearisations and curvature products; scipy's ``njev``). The summary is the geo
 ours / scipy lm's residual evaluations over the problems both solve.
 
 Run: ``python benchmarks/scipy_parity.py`` (``--smoke`` for the quick subset; 100-D becomes 10-D;
-``--only mgh`` or ``--only trust-ncg`` for one part).
+``--only mgh`` or ``--only trust-ncg`` for one part; ``--formulation damping`` or
+``--formulation trust-region`` runs the least squares with that Levenberg-Marquardt formulation
+instead of the defaults: ``LevenbergMarquardt`` with the dense solver, or ``ScaledTrustRadius`` with
+``SecularSolver``).
 """
 
 from __future__ import annotations
@@ -309,8 +312,8 @@ class LeastSquaresOutcome:
     success: bool
 
 
-def run_ours_least_squares(problem: mgh.Problem) -> LeastSquaresOutcome:
-    """:func:`trustregion.least_squares` with its defaults; every residual call counted."""
+def run_ours_least_squares(problem: mgh.Problem, formulation: str = "default") -> LeastSquaresOutcome:
+    """:func:`trustregion.least_squares` with its defaults (or ``formulation``); every residual call counted."""
     calls = [0]
 
     def counted(x: torch.Tensor) -> torch.Tensor:
@@ -318,11 +321,21 @@ def run_ours_least_squares(problem: mgh.Problem) -> LeastSquaresOutcome:
         return problem.residuals(x)
 
     x = problem.start_tensor()
-    result = trustregion.least_squares(counted, [x])
+    result = trustregion.least_squares(counted, [x], **formulation_options(formulation, x))
     value = problem.sum_of_squares(x)
     linearisations = calls[0] - result.closure_calls
     work = f"{linearisations} J, {result.curvature_products} Jv"
     return LeastSquaresOutcome(value, calls[0], work, problem.reached(value) is not None)
+
+
+def formulation_options(formulation: str, x: torch.Tensor) -> dict[str, object]:
+    """The ``control`` and ``solver`` of a Levenberg-Marquardt formulation (none: the defaults)."""
+    if formulation == "damping":
+        control = trustregion.LevenbergMarquardt(1e-6, gtol=1e-8, scaled=True, curvature_floor=True)
+        return {"control": control, "solver": trustregion.DenseSolver(equilibrate=True)}
+    if formulation == "trust-region":
+        return {"control": trustregion.ScaledTrustRadius(params=[x], gtol=1e-8), "solver": trustregion.SecularSolver()}
+    return {}
 
 
 def run_scipy_least_squares(problem: mgh.Problem, method: str) -> LeastSquaresOutcome:
@@ -352,10 +365,13 @@ class LeastSquaresRow:
         return self.ours.residual_evaluations / self.lm.residual_evaluations
 
 
-def compare_least_squares(problems: tuple[mgh.Problem, ...] = mgh.PROBLEMS) -> list[LeastSquaresRow]:
+def compare_least_squares(
+    problems: tuple[mgh.Problem, ...] = mgh.PROBLEMS, formulation: str = "default"
+) -> list[LeastSquaresRow]:
     rows = []
     for problem in problems:
-        outcomes = (run_ours_least_squares(problem), *(run_scipy_least_squares(problem, m) for m in ("lm", "trf")))
+        ours = run_ours_least_squares(problem, formulation)
+        outcomes = (ours, *(run_scipy_least_squares(problem, m) for m in ("lm", "trf")))
         rows.append(LeastSquaresRow(problem, *outcomes))
     return rows
 
@@ -393,6 +409,12 @@ def main(argv: list[str] | None = None) -> list[Row] | list[LeastSquaresRow]:
     parser.add_argument("--gtol", type=float, default=1e-8, help="gradient-norm tolerance of both (default 1e-8)")
     parser.add_argument("--max-iter", type=int, default=2000, help="iteration cap of both (default 2000)")
     parser.add_argument("--only", choices=("trust-ncg", "mgh"), help="run one part only")
+    parser.add_argument(
+        "--formulation",
+        choices=("default", "damping", "trust-region"),
+        default="default",
+        help="least squares: the defaults, or one Levenberg-Marquardt formulation",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows: list[Row] = []
@@ -401,7 +423,7 @@ def main(argv: list[str] | None = None) -> list[Row] | list[LeastSquaresRow]:
         rows = compare(problems, args.gtol, args.max_iter, unbounded_iter=40)
         print_table(rows, args.gtol)
     if args.only != "trust-ncg":
-        least_squares_rows = compare_least_squares()
+        least_squares_rows = compare_least_squares(formulation=args.formulation)
         print_least_squares(least_squares_rows)
         if args.only == "mgh":
             return least_squares_rows

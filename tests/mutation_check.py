@@ -1,7 +1,7 @@
 """Mutation check for the trustregion tests: plant known bugs in a copy of the package, run the tests against it.
 
-Each mutant is one textual change to one file of ``trustregion/`` (a sign flip, a dropped term, an
-off-by-one). The script copies the package, the tests and ``pyproject.toml`` into a temporary
+Each mutant is one textual change to one file of ``trustregion/`` or ``agents/`` (a sign flip, a dropped term,
+an off-by-one). The script copies both packages, the tests and ``pyproject.toml`` into a temporary
 directory, applies the mutant, runs the tests that should notice it, and prints one row per mutant:
 
     killed    - a test that passes on the unmodified package fails on the mutant
@@ -38,12 +38,15 @@ MATRIX_TESTS = ("tests/trustregion/test_matrix.py",)
 CONTRACT_TESTS = ("tests/trustregion/test_optimizer_contract.py",)
 SUBPROBLEM_TESTS = ("tests/trustregion/solvers/test_subproblem.py",)
 PRECONDITIONER_TESTS = ("tests/trustregion/test_preconditioners.py",)
+MASK_TESTS = ("tests/agents/test_agent_masks.py",)
+USER_ENV_TESTS = ("tests/agents/test_agent_user_envs.py",)
+NETWORK_TESTS = ("tests/agents/test_agent_networks.py",)
 
 
 @dataclass(frozen=True)
 class Mutant:
     name: str
-    path: str  # inside trustregion/
+    path: str  # inside trustregion/, or from the project root for the agents ("agents/...")
     original: str
     mutated: str
     tests: tuple[str, ...]
@@ -514,12 +517,57 @@ MUTANTS = [
         "fisher = self.fisher",
         ("tests/trustregion/curvature/test_masked_fisher.py",),
     ),
+    # ------------------------------------------------------------------ agents: masks, observations, encoders
+    Mutant(
+        "policy_closure_drops_the_action_masks",
+        "agents/trpo/agent.py",
+        "params = policy_params(actor, old.obs, old.mask)",
+        "params = policy_params(actor, old.obs, None)",
+        MASK_TESTS,
+    ),
+    Mutant(
+        "action_masks_ignore_the_info_mask",
+        "agents/common/collector.py",
+        "self.current[:] = np.where(present[:, None], given.astype(bool), True)",
+        "self.current[:] = True",
+        MASK_TESTS,
+    ),
+    Mutant(
+        "box_normalisation_normalises_every_entry",
+        "agents/common/envs.py",
+        "self.entries = np.flatnonzero(entries)",
+        "self.entries = np.arange(len(entries))",
+        USER_ENV_TESTS,
+    ),
+    Mutant(
+        "image_encoder_scales_pixels_twice",
+        "agents/common/observations.py",
+        "            x = x * self.scale\n",
+        "            x = x * self.scale * self.scale\n",
+        NETWORK_TESTS,
+    ),
+    # ------------------------------------------------------------------ Levenberg-Marquardt, trust-region formulation
+    Mutant(
+        "secular_newton_correction_sign",
+        "solvers/secular.py",
+        "damping = max(bounds[0], damping + correction)",
+        "damping = max(bounds[0], damping - correction)",
+        ("tests/trustregion/solvers/test_secular.py",),
+    ),
+    Mutant(
+        "scaled_radius_grows_from_the_radius_not_the_step",
+        "control/scaled_radius.py",
+        "radius, damping = 2.0 * length, 0.5 * damping",
+        "radius, damping = 2.0 * radius, 0.5 * damping",
+        ("tests/trustregion/control/test_scaled_radius.py",),
+    ),
 ]
 
 
 def copy_project(destination: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache")
     shutil.copytree(PROJECT_ROOT / "trustregion", destination / "trustregion", ignore=ignore)
+    shutil.copytree(PROJECT_ROOT / "agents", destination / "agents", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "tests", destination / "tests", ignore=ignore)
     shutil.copy2(PROJECT_ROOT / "pyproject.toml", destination / "pyproject.toml")
     (destination / "benchmarks").mkdir()
@@ -558,7 +606,7 @@ def failing_tests(
 
 def imported_package(workdir: Path) -> str:
     environment = {**os.environ, "PYTHONPATH": str(workdir)}
-    probe = [sys.executable, "-c", "import trustregion; print(trustregion.__file__)"]
+    probe = [sys.executable, "-c", "import agents, trustregion; print(trustregion.__file__, agents.__file__)"]
     return subprocess.run(probe, cwd=workdir, env=environment, capture_output=True, text=True, check=True).stdout
 
 
@@ -567,14 +615,15 @@ def main(selection: str = "") -> int:
     with tempfile.TemporaryDirectory(prefix="trustregion-mutants-") as scratch:
         workdir = Path(scratch) / "project"
         copy_project(workdir)
-        if str(workdir) not in imported_package(workdir):
+        if imported_package(workdir).count(str(workdir)) != 2:
             raise RuntimeError("the copied package is not the one the tests import; check the editable install")
         baselines: dict[tuple[str, ...], set[str]] = {}
         rows = []
         for mutant in mutants:
             if mutant.tests not in baselines:
                 baselines[mutant.tests] = failing_tests(workdir, mutant.tests, Path(scratch) / "baseline.xml")
-            target = workdir / "trustregion" / mutant.path
+            package = "" if mutant.path.startswith("agents/") else "trustregion"
+            target = workdir / package / mutant.path
             source = target.read_text()
             if source.count(mutant.original) != 1:
                 rows.append((mutant.name, "n/a", 0.0, "text to mutate not found exactly once"))

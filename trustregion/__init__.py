@@ -18,7 +18,7 @@ Data objects the extension interfaces pass around (``SolverResult``, ``SearchPro
 """
 
 from trustregion._base import PureClosure
-from trustregion.control import LevenbergMarquardt, RadiusControl, TrustRadius
+from trustregion.control import LevenbergMarquardt, RadiusControl, ScaledTrustRadius, TrustRadius
 from trustregion.curvature import (
     Curvature,
     Damped,
@@ -44,6 +44,7 @@ from trustregion.preconditioners import KFAC, Jacobi, Preconditioner
 from trustregion.result import KLStepResult, RadiusStepResult, Reason, StepResult
 from trustregion.search import BacktrackingLineSearch, LineSearch, NoLineSearch
 from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, SteihaugCG
+from trustregion.solvers.secular import SecularSolver
 
 __version__ = "0.1.0"
 
@@ -76,6 +77,8 @@ __all__ = [
     "ResidualGaussNewton",
     "RunReason",
     "RunResult",
+    "ScaledTrustRadius",
+    "SecularSolver",
     "Solver",
     "SquaredError",
     "SteihaugCG",

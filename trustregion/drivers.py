@@ -34,11 +34,12 @@ from torch.utils._pytree import tree_leaves
 from trustregion._base import Closure, PureClosure, TrustRegionBase
 from trustregion._validation import check_callable, check_instance, check_integer, check_nonnegative
 from trustregion._vectors import flatten
-from trustregion.control import LevenbergMarquardt, RadiusControl, TrustRadius
+from trustregion.control import LevenbergMarquardt, RadiusControl, ScaledTrustRadius, TrustRadius
 from trustregion.curvature import Curvature, Hessian, ResidualGaussNewton
 from trustregion.minimizer import TrustRegionMinimizer
 from trustregion.result import Reason, SolverReason, StepResult
 from trustregion.solvers import DenseSolver, Solver, SteihaugCG
+from trustregion.solvers.secular import SecularSolver
 
 _DENSE_UP_TO = 500
 """:func:`least_squares` solves with :class:`DenseSolver` up to this many parameters, else with CG.
@@ -278,6 +279,8 @@ def least_squares(
     (``scaled=True``) and the curvature floor after refusals (``curvature_floor=True``), and the
     :class:`~trustregion.DenseSolver`
     up to 500 parameters (a :class:`~trustregion.SteihaugCG` above); ``tolerances`` as in :func:`run`.
+    ``control=ScaledTrustRadius(params=params)`` is the trust-region formulation (MINPACK's ``lmder``),
+    solved by :class:`~trustregion.SecularSolver` unless ``solver`` says otherwise.
     Residuals that are not floating-point tensors, or change shape between points, raise a
     one-line error (the parameters are left where they were); non-finite residuals at the start
     end the run with ``RunReason.NONFINITE``. A step costs one residual evaluation at the trial
@@ -287,6 +290,8 @@ def least_squares(
     params = list(params)
     fit = ResidualGaussNewton(residuals, scale)
     size = sum(p.numel() for p in params)
+    if solver is None and isinstance(control, ScaledTrustRadius):
+        solver = SecularSolver()
     solver = solver or (DenseSolver(equilibrate=True) if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
     control = control or LevenbergMarquardt(
         1e-6, gtol=tolerances.get("gtol", Stopping.gtol), scaled=True, curvature_floor=True

@@ -209,9 +209,11 @@ class ActionMasks:
         if "action_mask" in reset_info:
             masks = cls(envs, num_envs, dim, True, np.ones((num_envs, dim), dtype=bool))
         else:
-            try:
-                envs.call("action_masks")
-            except Exception:
+            try:  # asked without calling action_masks itself: a missing method would stop async workers
+                found = envs.unwrapped.call("has_wrapper_attr", "action_masks")
+            except AttributeError:  # a vector environment with no call (e.g. a vector_entry_point one)
+                return None
+            if not all(found):
                 return None
             masks = cls(envs, num_envs, dim, False, np.ones((num_envs, dim), dtype=bool))
         masks.read(reset_info, 0)
@@ -226,7 +228,7 @@ class ActionMasks:
             given = np.asarray(info["action_mask"])
             present = info.get("_action_mask", np.ones(self.num_envs, dtype=bool))
         else:
-            given, present = np.asarray(self.envs.call("action_masks")), np.ones(self.num_envs, dtype=bool)
+            given, present = np.asarray(self.envs.unwrapped.call("action_masks")), np.ones(self.num_envs, dtype=bool)
         if given.shape != (self.num_envs, self.dim):
             raise ValueError(
                 f"env: the action masks have shape {given.shape[1:]} per sub-environment, the action space needs "

@@ -206,7 +206,9 @@ _MUJOCO = {
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "CartPole": {
         **_CLASSIC_CONTROL,
-        "n_steps": 512,
+        "num_envs": 8,
+        "vectorization_mode": "vector_entry_point",
+        "n_steps": 128,
         "gamma": 0.99,
         "gae_lambda": 0.98,
         "cg_damping": 1e-3,

@@ -675,7 +675,9 @@ class TRPO:
         """
         space = self.env_stack.base.single_observation_space
         obs, single = network_observations(self.layout, space, observation)
-        masks = None if action_masks is None else np.asarray(action_masks, dtype=bool).reshape(len(obs), -1)
+        masks = None if action_masks is None else np.asarray(action_masks, dtype=bool)
+        if masks is not None and masks.size == len(obs) * self.actor.output_dim:
+            masks = masks.reshape(len(obs), -1)  # one mask, or a batch of them, like the observations
         actions = self._actions(self.normalize_observation(obs), deterministic, masks)
         return actions[0] if single else actions
 
@@ -698,7 +700,7 @@ class TRPO:
         """Actions for a ``[batch, *shape]`` array of network observations (normalised), as the env takes them."""
         x = torch.from_numpy(np.ascontiguousarray(self._network_dtype(obs))).to(self.device)
         mask = None if masks is None else torch.from_numpy(masks).to(self.device)
-        if mask is not None and mask.shape != (len(x), self.actor.output_dim):
+        if mask is not None and tuple(mask.shape) != (len(x), self.actor.output_dim):
             raise ValueError(f"action_masks must have {self.actor.output_dim} entries per observation, True = allowed "
                              f"(got shape {tuple(mask.shape)} for {len(x)} observations)")  # fmt: skip
         if mask is not None and not bool(mask.any(-1).all()):

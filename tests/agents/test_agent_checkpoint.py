@@ -20,7 +20,7 @@ from agents import TRPO
 from agents.common.checkpoint import CheckpointError, add_checksum, load_checkpoint, save_checkpoint
 from agents.trpo.agent import CHECKPOINT_FORMAT
 
-SMALL = {"n_steps": 16, "hidden_sizes": (8,), "value_epochs": 1}
+SMALL = {"n_steps": 16, "num_envs": 2, "hidden_sizes": (8,), "value_epochs": 1}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,19 @@ from agents.common.checkpoint import atomic_write_bytes
 from agents.common.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--n-steps", "128", "--hidden-sizes", "16", "16", "--checkpoint-interval", "1", "--eval-episodes", "2"]
+TINY = [
+    "--n-steps",
+    "128",
+    "--num-envs",
+    "2",
+    "--hidden-sizes",
+    "16",
+    "16",
+    "--checkpoint-interval",
+    "1",
+    "--eval-episodes",
+    "2",
+]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -96,7 +108,18 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 
 def test_progress_bar_counts_whole_iterations_and_ends_once(tmp_path, capsys):
     """--total-steps 300 with 2 × 128 steps per iteration runs 512 steps: the bar says so, once at 100%."""
-    argv = ["--total-steps", "300", "--run-dir", str(tmp_path / "run"), "--n-steps", "128", "--eval-episodes", "2"]
+    argv = [
+        "--total-steps",
+        "300",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--n-steps",
+        "128",
+        "--num-envs",
+        "2",
+        "--eval-episodes",
+        "2",
+    ]
     assert main(TRPO, [*argv, "--hidden-sizes", "16", "16"]) == 0
     lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
     bars = [line for line in lines if "step/s" in line or "?step" in line]

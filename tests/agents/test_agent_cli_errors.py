@@ -301,7 +301,7 @@ def test_help_documents_every_flag_with_its_default_and_choices(capsys):
     total_steps = next(action.help for action in parser._actions if action.dest == "total_steps")
     assert "100,000 for CartPole, Pendulum" in total_steps and "1,000,000 otherwise" in total_steps
     n_steps = next(action.help for action in parser._actions if action.dest == "n_steps")
-    assert "default: per environment: 512 for CartPole; 1024 otherwise" in n_steps
+    assert "default: per environment: 128 for CartPole; 1024 otherwise" in n_steps
 
 
 def test_npg_help_shows_only_what_applies_to_npg(tmp_path):

@@ -11,7 +11,7 @@ from test_agent_trpo import assert_states_equal, full_state
 from agents import NPG, TRPO
 from agents.common.logs import read_csv
 
-SMALL = {"n_steps": 64, "hidden_sizes": (16, 16)}  # 2 envs: 128 steps per iteration
+SMALL = {"n_steps": 64, "num_envs": 2, "hidden_sizes": (16, 16)}  # 128 steps per iteration
 BATCH = 2 * 64
 
 

@@ -11,7 +11,7 @@ from agents import TRPO
 from agents.common.envs import make_env_stack
 from agents.common.native_vector import make_native_vector_env
 
-NATIVE = {"vectorization_mode": "vector_entry_point"}
+NATIVE = {"vectorization_mode": "vector_entry_point", "num_envs": 2}
 
 
 def run(envs, actions):

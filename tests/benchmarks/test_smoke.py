@@ -14,7 +14,12 @@ from project_files import load_script
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RESULTS, PLOTS = BENCHMARKS / "results", BENCHMARKS.parent / "docs" / "img" / "returns"
-DEFAULT_OUTPUTS = [RESULTS / "tmp", PLOTS]
+DEFAULT_OUTPUTS = [
+    RESULTS / "tmp",
+    PLOTS,
+    RESULTS / "user_envs",
+    *(PLOTS.parent / f"{name}.png" for name in ("taxi_masks", "minatar_curve")),
+]
 """Where the scripts write when not told otherwise (returns.py's smoke mode wrote into results/tmp)."""
 
 SMOKE_COMMANDS = {  # script and arguments ({tmp}: the test's temporary directory), a row label of its table
@@ -25,6 +30,7 @@ SMOKE_COMMANDS = {  # script and arguments ({tmp}: the test's temporary director
     "scaling": (["scaling.py", "--smoke"], "CartPole-v1"),
     "pinn": (["pinn.py", "--smoke", "--plot", "{tmp}/pinn.png"], "engd"),
     "preconditioning": (["preconditioning.py", "--quick"], "kfac"),
+    "user_envs": (["user_envs.py", "--smoke"], "Taxi-v4"),
 }
 
 

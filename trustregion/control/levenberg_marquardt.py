@@ -121,12 +121,7 @@ class LevenbergMarquardt(RadiusControl):
     def observe(self, state: DampingState, diagonal: Callable[[], Tensor]) -> DampingState:
         if not self.scaled:
             return state
-        scale = diagonal().clamp(min=0.0).sqrt().double().cpu()
-        if state.scale is None:  # MINPACK: a zero column starts at 1
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        else:
-            scale = torch.maximum(scale, torch.tensor(state.scale, dtype=torch.float64))
-        return replace(state, scale=tuple(scale.tolist()))
+        return replace(state, scale=running_scale(state.scale, diagonal()))
 
     def stalled(self, state: DampingState) -> bool:
         return state.damping >= self.max_damping
@@ -167,3 +162,11 @@ class LevenbergMarquardt(RadiusControl):
             f"LevenbergMarquardt(initial_damping={self.initial_damping}, eta={self.eta}, gtol={self.gtol}, "
             f"scaled={self.scaled}, curvature_floor={self.curvature_floor})"
         )
+
+
+def running_scale(previous: tuple[float, ...] | None, diagonal: Tensor) -> tuple[float, ...]:
+    """Moré's ``D_j = max(previous D_j, sqrt(A_jj))``; at the first point a zero column starts at 1 (MINPACK)."""
+    scale = diagonal.clamp(min=0.0).sqrt().double().cpu()
+    if previous is None:
+        return tuple(torch.where(scale > 0, scale, torch.ones_like(scale)).tolist())
+    return tuple(torch.maximum(scale, torch.tensor(previous, dtype=torch.float64)).tolist())
