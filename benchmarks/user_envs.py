@@ -252,17 +252,23 @@ def curve_at(run: dict[str, Any], fraction: float) -> float:
 
 
 def train_table(records: dict[str, list[dict[str, Any]]], arms: Sequence[str]) -> list[str]:
-    """Rows: arm, seeds, steps, training mean return at 25/50/100 % of the budget, final evaluation, steps/s."""
-    header = "| arm | seeds | steps | train return @25% | @50% | @100% | final eval (det.) | steps/s |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    """Rows: arm, seeds, steps, training mean return at 25/50/100 % of the budget, final evaluation, speed.
+
+    Speed is steps per wall-clock second and per CPU second of the training process (one torch thread):
+    on a shared machine the second is the steadier one.
+    """
+    header = "| arm | seeds | steps | train return @25% | @50% | @100% | final eval (det.) | steps/s | steps/CPU-s |"
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         runs = records.get(arm, [])
         if not runs:
             continue
         at = [mean_and_spread([curve_at(run, fraction) for run in runs]) for fraction in (0.25, 0.5, 1.0)]
         speed = statistics.mean(run["steps_per_second"] for run in runs)
+        cpu_speed = statistics.mean(run["steps"] / run["cpu_seconds"] for run in runs)
+        final = mean_and_spread([run["eval_return"] for run in runs])
         lines.append(f"| {ARM_LABELS.get(arm, arm)} | {len(runs)} | {runs[0]['steps']:,} | {' | '.join(at)} | "
-                     f"{mean_and_spread([run['eval_return'] for run in runs])} | {speed:.0f} |")  # fmt: skip
+                     f"{final} | {speed:.0f} | {cpu_speed:.0f} |")  # fmt: skip
     return lines
 
 

@@ -16,7 +16,9 @@ reduced over the ranks before it is used (docs/distributed.md):
 
 A process joins data-parallel training when a process group is initialised with more than one
 rank, or when ``torchrun`` (or anything that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
-``MASTER_PORT``) launched it; :func:`data_parallel` then initialises the group (gloo).
+``MASTER_PORT``) launched it; :func:`data_parallel` then initialises the group: gloo on the CPU,
+and for networks on a GPU ``"cpu:gloo,cuda:nccl"``, so that CUDA tensors (gradients, curvature
+products, critic gradients) go through nccl and CPU ones (statistics, checksums) through gloo.
 """
 
 from __future__ import annotations
@@ -72,28 +74,36 @@ def launched() -> bool:
     return all(name in os.environ for name in LAUNCH_VARIABLES) and os.environ["WORLD_SIZE"] != "1"
 
 
-def data_parallel() -> DataParallel | None:
+def data_parallel(device: str | torch.device = "cpu") -> DataParallel | None:
     """This process's data-parallel context, initialising the process group from a launcher if needed.
 
     ``None`` in a single process (no group, or a group of one rank). A group the caller initialised
-    (Ray Train, a script's own ``init_process_group``) is used as it is.
+    (Ray Train, a script's own ``init_process_group``) is used as it is. ``device`` is the
+    networks': on CUDA the group gets nccl for CUDA tensors beside gloo for CPU ones.
     """
     if not dist.is_available():
         return None
     if not dist.is_initialized():
         if not launched():
             return None
-        _initialise()
+        _initialise(process_group_backend(device))
     if dist.get_world_size() == 1:
         return None
     return DataParallel()
 
 
-def _initialise() -> None:
+def process_group_backend(device: str | torch.device) -> str:
+    """``"gloo"`` for networks on the CPU; ``"cpu:gloo,cuda:nccl"`` for networks on CUDA (where nccl exists)."""
+    if torch.device(device).type == "cuda" and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
+def _initialise(backend: str) -> None:
     timeout = collective_timeout()
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
-        dist.init_process_group("gloo", timeout=timeout)
+        dist.init_process_group(backend, timeout=timeout)
     except (RuntimeError, ValueError) as error:
         raise DistributedError(
             f"rank {os.environ['RANK']} could not join the process group at {where} within "

@@ -230,7 +230,7 @@ class TRPO:
 
         In a data-parallel run ``torch_threads=0`` means the cores over the processes on this machine.
         """
-        parallel = data_parallel()
+        parallel = data_parallel(config.device)
         threads = config.torch_threads or (parallel.default_threads() if parallel is not None else 0)
         if threads:
             torch.set_num_threads(threads)
@@ -840,7 +840,7 @@ class TRPO:
         path = Path(path)
         if path.is_dir():
             path = path / CHECKPOINT_NAME
-        parallel = data_parallel()
+        parallel = data_parallel("cpu" if device is None else device)
         state = load_checkpoint(path) if parallel is None else parallel.from_rank_zero(lambda: load_checkpoint(path))
         check_format(state, CHECKPOINT_FORMAT, path)
         config = TRPOConfig.from_dict(state["config"])

@@ -174,6 +174,15 @@ def scenario_resume(out: Path) -> dict[str, Any]:
     return run(RUN_ITERATIONS, out / "interrupted", TRPO.load(out / "interrupted"))
 
 
+def scenario_mismatch(parallel: DataParallel) -> str:
+    """Rank 1 asks for another max_kl: both ranks refuse to build the agent; the message is returned."""
+    try:
+        TRPO("CartPole-v1", seed=5, **{**RUN, "max_kl": 0.02 if parallel.rank == 1 else 0.01})
+    except ValueError as error:
+        return str(error)
+    return "built"
+
+
 def scenario_failure(parallel: DataParallel) -> dict[str, Any]:
     agent = TRPO("CartPole-v1", seed=5, **RUN)
     update_value = agent.update_value
@@ -198,8 +207,10 @@ def main() -> None:
     if scenario == "run":
         result = scenario_run(parallel, out)
         torch.save(result, out / f"{scenario}-{os.environ['RANK']}.pt")
-    else:  # resume the run stopped halfway, then fail on rank 1 (one launch: start-up is slow)
-        torch.save(scenario_resume(out), out / f"{scenario}-{os.environ['RANK']}.pt")
+    else:  # resume the run stopped halfway, refuse mismatched configs, then fail on rank 1 (one launch)
+        result = scenario_resume(out)
+        result["mismatch"] = scenario_mismatch(parallel)
+        torch.save(result, out / f"{scenario}-{os.environ['RANK']}.pt")
         scenario_failure(parallel)
 
 

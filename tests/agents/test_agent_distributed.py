@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from agents import TRPO
-from agents.common.distributed import rank_seed
+from agents.common import distributed
+from agents.common.distributed import process_group_backend, rank_seed
 
 WORKER = Path(workers.__file__)
 PROJECT_ROOT = WORKER.resolve().parents[2]
@@ -195,3 +196,35 @@ def test_rank_seeds_are_distinct_and_rank_zero_keeps_the_seed():
     seeds = [rank_seed(7, rank) for rank in range(64)]
     assert seeds[0] == 7 and len(set(seeds)) == 64
     assert rank_seed(7, 1) != rank_seed(8, 1)
+
+
+def test_ranks_with_different_configs_both_refuse_to_build_the_agent(runs):
+    messages = [resumed["mismatch"] for resumed in runs[2]]
+    assert messages[0] == messages[1]
+    assert "config of rank(s) [1] differs from rank 0's" in messages[0] and "\n" not in messages[0]
+
+
+def test_a_rank_that_cannot_reach_the_rendezvous_stops_within_the_timeout_with_one_line(tmp_path):
+    env = {
+        **os.environ,
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),  # nobody listens: rank 0 never came
+        "TRUSTREGION_COLLECTIVE_TIMEOUT": "3",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    code = "from agents.common.distributed import data_parallel\ndata_parallel()"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90)
+    assert result.returncode != 0 and time.monotonic() - start < 60
+    assert "DistributedError: rank 1 could not join the process group at 127.0.0.1:" in result.stderr
+
+
+def test_networks_on_cuda_get_nccl_beside_gloo(monkeypatch):
+    assert process_group_backend("cpu") == "gloo"
+    monkeypatch.setattr(distributed.dist, "is_nccl_available", lambda: True)
+    assert process_group_backend("cuda") == process_group_backend(torch.device("cuda:1")) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend("cpu") == "gloo"
+    monkeypatch.setattr(distributed.dist, "is_nccl_available", lambda: False)
+    assert process_group_backend("cuda") == "gloo"  # a torch without nccl: gloo takes CUDA tensors too
