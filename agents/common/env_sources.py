@@ -98,6 +98,9 @@ class EnvSource:
             raise ValueError("env_kwargs apply to registered ids only; pass the arguments to your factory instead")
         if mode == "vector_entry_point" and self.kind != "id":
             raise ValueError("vectorization_mode='vector_entry_point' needs a registered id whose spec has one")
+        if mode == "vector_entry_point" and self.wrappers:
+            raise ValueError("wrappers apply to sub-environments, which vectorization_mode='vector_entry_point' "
+                             "does not have: use vectorization_mode='sync' with wrappers")  # fmt: skip
 
     def copy_for_evaluation(self) -> EnvSource:
         """A source that builds evaluation environments apart from the training ones."""

@@ -875,12 +875,16 @@ def _custom_parts(source: EnvSource, networks: dict[str, Any]) -> tuple[str, ...
 
 
 def _source_defaults(source: EnvSource, hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """``num_envs`` an environment object implies: 1 for an instance, its own for a VectorEnv."""
-    if source.kind == "instance" and "num_envs" not in hyperparameters:
-        return {"num_envs": 1}
-    if source.kind == "vector" and "num_envs" not in hyperparameters:
-        return {"num_envs": source.target.num_envs}
-    return {}
+    """What an environment object or wrappers imply, unless given: ``num_envs`` (1 for an instance, a
+    VectorEnv's own), and ``sync`` sub-environments where an id's default would be its own vector env."""
+    implied: dict[str, Any] = {}
+    if source.kind != "id" or source.wrappers:
+        implied["vectorization_mode"] = "sync"
+    if source.kind == "instance":
+        implied["num_envs"] = 1
+    if source.kind == "vector":
+        implied["num_envs"] = source.target.num_envs
+    return {name: value for name, value in implied.items() if name not in hyperparameters}
 
 
 def _copy_state(value: Any) -> Any:

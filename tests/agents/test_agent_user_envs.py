@@ -362,3 +362,20 @@ def test_an_agent_trained_on_an_instance_evaluates_several_episodes():
     result = agent.evaluate(3)
     assert result["lengths"] == [20, 20, 20] and len(set(result["returns"])) == 3  # three seeds, three episodes
     agent.close()
+
+
+def test_cartpoles_own_vector_env_gives_way_to_sub_environments_when_they_are_needed():
+    """CartPole defaults to its vector_entry_point env, which has no sub-environments to wrap or to be."""
+    wrapped = TRPO("CartPole-v1", wrappers=[gym.wrappers.RecordEpisodeStatistics], **TINY)
+    instance = TRPO(gym.make("CartPole-v1"), **TINY)
+    assert wrapped.config.vectorization_mode == instance.config.vectorization_mode == "sync"
+    for agent in (wrapped, instance):
+        agent.learn(64)
+        agent.close()
+    native = TRPO("CartPole-v1", **TINY)
+    assert native.config.vectorization_mode == "vector_entry_point"
+    native.close()
+    native_mode = {"vectorization_mode": "vector_entry_point"}
+    with pytest.raises(ValueError, match=r"^wrappers apply to sub-environments") as error:
+        TRPO("CartPole-v1", wrappers=[gym.wrappers.RecordEpisodeStatistics], **native_mode, **TINY)
+    assert "\n" not in str(error.value)
