@@ -109,7 +109,8 @@ class EnvSource:
         if self.kind == "instance":  # one copy per evaluation episode, the training instance untouched
             try:
                 copy.deepcopy(self.target)
-                return EnvSource("factory", self.name, lambda: copy.deepcopy(self.target), importable=False)
+                copies = lambda: copy.deepcopy(self.target)  # noqa: E731
+                return EnvSource("factory", self.name, copies, self.wrappers, self.wrapper_names, importable=False)
             except Exception as error:
                 raise ValueError(
                     f"evaluate cannot copy the env instance ({type(error).__name__}: {error}); pass env= "

@@ -380,3 +380,18 @@ def test_cartpoles_own_vector_env_gives_way_to_sub_environments_when_they_are_ne
     with pytest.raises(ValueError, match=r"^wrappers apply to sub-environments") as error:
         TRPO("CartPole-v1", wrappers=[identity], **native_mode, **TINY)
     assert "\n" not in str(error.value)
+
+
+def test_an_instance_trained_agent_is_evaluated_through_its_wrappers():
+    """Evaluation copies the instance and wraps each copy as training wrapped the instance."""
+    built = []
+
+    def count(env):
+        built.append(True)
+        return env
+
+    agent = TRPO(gym.make("CartPole-v1"), wrappers=[count], **TINY)
+    before = len(built)
+    agent.evaluate(3)
+    assert len(built) == before + 3
+    agent.close()
