@@ -23,6 +23,7 @@ import secrets
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -546,12 +547,13 @@ def _video_env(agent: Any, folder: Path | None) -> Any:
 
     config = agent.config
 
-    def recorded(name: str) -> gym.Env:
+    def recorded(name: str, into: Path = folder) -> gym.Env:
         env = gym.make(config.env, render_mode="rgb_array", **config.env_kwargs)
-        return RecordVideo(env, str(folder), name_prefix=name, episode_trigger=lambda episode: episode == 0)
+        return RecordVideo(env, str(into), name_prefix=name, episode_trigger=lambda episode: episode == 0)
 
-    try:
-        recorded("probe").close()  # fails here, in one line, without moviepy or rgb_array rendering
+    try:  # fails here, in one line, without moviepy or rgb_array rendering
+        with tempfile.TemporaryDirectory() as probe:
+            recorded("probe", Path(probe) / "videos").close()
     except (gym.error.Error, ImportError, ValueError) as error:
         raise UsageError(f"--record-video: {_one_line(error)}") from error
     names = (f"episode-{index}" for index in range(1 << 30))
