@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -549,7 +550,9 @@ def _video_env(agent: Any, folder: Path | None) -> Any:
 
     def recorded(name: str, into: Path = folder) -> gym.Env:
         env = gym.make(config.env, render_mode="rgb_array", **config.env_kwargs)
-        return RecordVideo(env, str(into), name_prefix=name, episode_trigger=lambda episode: episode == 0)
+        with warnings.catch_warnings():  # the folder was new or empty; each episode writes its own file
+            warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
+            return RecordVideo(env, str(into), name_prefix=name, episode_trigger=lambda episode: episode == 0)
 
     try:  # fails here, in one line, without moviepy or rgb_array rendering
         with tempfile.TemporaryDirectory() as probe:
