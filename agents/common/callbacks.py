@@ -1,11 +1,11 @@
 """Callbacks for ``learn``, in the manner of Stable-Baselines3: hooks at the start, after every iteration, at the end.
 
-``agent.learn(total_steps, callback=...)`` takes ``None``, a :class:`Callback`, a function of the
-agent (returning ``False`` stops training), or a list of these (:func:`as_callback`). ``learn``
+``agent.learn(total_timesteps, callback=...)`` takes ``None``, a :class:`Callback`, a function of
+the agent (returning ``False`` stops training), or a list of these (:func:`as_callback`). ``learn``
 calls :meth:`Callback.on_training_start` once before its first iteration,
-:meth:`Callback.on_iteration` after every iteration (after logging and any periodic checkpoint)
-with that iteration's metrics, and :meth:`Callback.on_training_end` once after the last one,
-also when a callback stopped training.
+:meth:`Callback.on_iteration` after every iteration with its metrics (before the iteration is
+logged and checkpointed, so what a callback adds to the metrics is logged), and
+:meth:`Callback.on_training_end` once after the last one, also when a callback stopped training.
 
 >>> from agents import TRPO                                                   # doctest: +SKIP
 >>> stop = StopTrainingOnRewardThreshold(475.0)                               # doctest: +SKIP

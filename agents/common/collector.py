@@ -37,8 +37,8 @@ class Collector:
         dtype: the numpy dtype of the policy's inputs (observations are stored in it, images in
             their own ``uint8`` or ``bool``: the network converts them).
         seed: seeds the environments (``seed + i``) and the action noise.
-        mask_dim: the logits an action mask covers (categorical actors); the environment's masks
-            (:class:`ActionMasks`) are then read at every step and stored in the rollout.
+        mask_sizes: the categories of each action entry a mask covers (categorical actors); the
+            environment's masks (:class:`ActionMasks`) are then read at every step and stored.
     """
 
     def __init__(
@@ -49,7 +49,7 @@ class Collector:
         action_dtype: Any,
         dtype: Any,
         seed: int,
-        mask_dim: int | None = None,
+        mask_sizes: list[int] | None = None,
     ) -> None:
         self.env_stack, layout = env_stack, env_stack.layout
         self.n_steps, self.obs_shape = n_steps, layout.shape
@@ -61,7 +61,7 @@ class Collector:
         self.recent_lengths: deque[int] = deque(maxlen=EPISODE_WINDOW)
         try:
             obs, info = env_stack.envs.reset(seed=seed)
-            self.masks = ActionMasks.detect(env_stack.envs, env_stack.num_envs, info, mask_dim)
+            self.masks = ActionMasks.detect(env_stack.envs, env_stack.num_envs, info, mask_sizes)
         except BaseException:  # e.g. a non-finite first observation: the caller never gets the collector to close
             env_stack.close()
             raise
@@ -109,7 +109,7 @@ class Collector:
             if "_episode" in info:
                 self._record_episodes(info)
             if masks is not None:
-                masks.read(info, first_step + t + 1)
+                masks.read(info, first_step + t + 1, rollout.terminated[t] | rollout.truncated[t])
         done = rollout.terminated | rollout.truncated
         rollout.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
         rollout.valid[1:] = ~done[:-1]
@@ -193,34 +193,37 @@ class ActionMasks:
     Two conventions are read: gymnasium's ``info["action_mask"]`` (Taxi, FrozenLake with masks,
     many grid environments), and an ``action_masks()`` method on each sub-environment
     (sb3-contrib's ``MaskablePPO`` convention). ``True`` (or 1) allows an action; a ``MultiDiscrete``
-    action has one flat mask of ``sum(nvec)`` entries. A sub-environment whose info has no mask at a
-    step allows every action there.
+    action has one flat mask of ``sum(nvec)`` entries, which must allow a category of every entry.
+    A sub-environment whose info has no mask at a step allows every action there, and so does one
+    whose episode just ended: the next action is the one gymnasium's autoreset ignores.
     """
 
-    def __init__(self, envs: Any, num_envs: int, dim: int, from_info: bool, current: np.ndarray) -> None:
-        self.envs, self.num_envs, self.dim, self.from_info = envs, num_envs, dim, from_info
-        self.current = current
+    def __init__(self, envs: Any, num_envs: int, sizes: list[int], from_info: bool) -> None:
+        self.envs, self.num_envs, self.sizes, self.from_info = envs, num_envs, sizes, from_info
+        self.dim = sum(sizes)
+        self.bounds = np.cumsum([0, *sizes])
+        self.current = np.ones((num_envs, self.dim), dtype=bool)
 
     @classmethod
-    def detect(cls, envs: Any, num_envs: int, reset_info: dict[str, Any], dim: int | None) -> ActionMasks | None:
+    def detect(
+        cls, envs: Any, num_envs: int, reset_info: dict[str, Any], sizes: list[int] | None
+    ) -> ActionMasks | None:
         """Masks if the vector environment provides them (``None`` otherwise, or for actions without masks)."""
-        if dim is None:
+        if sizes is None:
             return None
-        if "action_mask" in reset_info:
-            masks = cls(envs, num_envs, dim, True, np.ones((num_envs, dim), dtype=bool))
-        else:
+        if "action_mask" not in reset_info:
             try:  # asked without calling action_masks itself: a missing method would stop async workers
                 found = envs.unwrapped.call("has_wrapper_attr", "action_masks")
             except AttributeError:  # a vector environment with no call (e.g. a vector_entry_point one)
                 return None
             if not all(found):
                 return None
-            masks = cls(envs, num_envs, dim, False, np.ones((num_envs, dim), dtype=bool))
+        masks = cls(envs, num_envs, sizes, "action_mask" in reset_info)
         masks.read(reset_info, 0)
         return masks
 
-    def read(self, info: dict[str, Any], step: int) -> None:
-        """The masks for the observations the last step (or reset) returned."""
+    def read(self, info: dict[str, Any], step: int, ended: np.ndarray | None = None) -> None:
+        """The masks for the observations the last step (or reset) returned; ``ended``: episodes that ended there."""
         if self.from_info:
             if "action_mask" not in info:
                 self.current[:] = True
@@ -228,27 +231,40 @@ class ActionMasks:
             given = np.asarray(info["action_mask"])
             present = info.get("_action_mask", np.ones(self.num_envs, dtype=bool))
         else:
-            given, present = np.asarray(self.envs.unwrapped.call("action_masks")), np.ones(self.num_envs, dtype=bool)
+            given, present = _stacked(self.envs.unwrapped.call("action_masks")), np.ones(self.num_envs, dtype=bool)
         if given.shape != (self.num_envs, self.dim):
             raise ValueError(
                 f"env: the action masks have shape {given.shape[1:]} per sub-environment, the action space needs "
                 f"({self.dim},): one entry per action (per category of each MultiDiscrete entry), True = allowed"
             )
+        if ended is not None:
+            present = present & ~ended
         self.current[:] = np.where(present[:, None], given.astype(bool), True)
         self._check(step)
 
     def _check(self, step: int) -> None:
-        empty = np.flatnonzero(~self.current.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"env: sub-environment {int(empty[0])}'s action mask allows no action at vector step {step}; "
-                "a mask must allow at least one action in every state"
-            )
+        for index, (start, stop) in enumerate(zip(self.bounds[:-1], self.bounds[1:], strict=True)):
+            empty = np.flatnonzero(~self.current[:, start:stop].any(axis=1))
+            if empty.size:
+                part = f" for action entry {index}" if len(self.sizes) > 1 else ""
+                raise ValueError(
+                    f"env: sub-environment {int(empty[0])}'s action mask allows no action{part} at vector step "
+                    f"{step}; a mask must allow at least one action in every state that is not terminal"
+                )
 
     def store(self, masks: np.ndarray, t: int) -> np.ndarray:
         """Write the current masks at step ``t`` of the rollout's ``masks`` and return them."""
         masks[t] = self.current
         return masks[t]
+
+
+def _stacked(masks: Any) -> np.ndarray:
+    """``action_masks()`` of every sub-environment as one ``[num_envs, dim]`` array (one line if they are ragged)."""
+    try:
+        return np.stack([np.asarray(mask).reshape(-1) for mask in masks])
+    except ValueError as error:
+        raise ValueError(f"env: action_masks() returned masks of different sizes ({error}); return one flat mask "
+                         "of sum(nvec) entries, True = allowed") from error  # fmt: skip
 
 
 def _as_dtype(array: np.ndarray, dtype: np.dtype) -> np.ndarray:

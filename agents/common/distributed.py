@@ -92,6 +92,15 @@ def data_parallel(device: str | torch.device = "cpu") -> DataParallel | None:
     return DataParallel()
 
 
+def rank_device(device: torch.device, parallel: DataParallel | None) -> torch.device:
+    """``device`` for this rank: a bare ``cuda`` becomes ``cuda:LOCAL_RANK`` in a data-parallel run (one GPU each)."""
+    if parallel is None or device.type != "cuda" or device.index is not None:
+        return device
+    index = int(os.environ.get("LOCAL_RANK", parallel.rank)) % max(1, torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 def process_group_backend(device: str | torch.device) -> str:
     """``"gloo"`` for networks on the CPU; ``"cpu:gloo,cuda:nccl"`` for networks on CUDA (where nccl exists)."""
     if torch.device(device).type == "cuda" and dist.is_nccl_available():
@@ -305,9 +314,10 @@ class DataParallel:
         loss = F.mse_loss(critic(obs), target) if count else None
         if loss is not None:
             loss.backward()
-        parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype) for p in params]
-        local_loss = loss.detach().reshape(1) if loss is not None else torch.zeros(1, dtype=params[0].dtype)
-        flat = torch.cat([*parts, local_loss, torch.ones(1, dtype=params[0].dtype)]) * count
+        like = {"dtype": params[0].dtype, "device": params[0].device}
+        parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), **like) for p in params]
+        local_loss = loss.detach().reshape(1) if loss is not None else torch.zeros(1, **like)
+        flat = torch.cat([*parts, local_loss, torch.ones(1, **like)]) * count
         flat = self.all_reduce(flat)
         total = flat[-1]
         flat = flat / total

@@ -154,7 +154,7 @@ def _label(env: gym.Env | VectorEnv) -> str:
 def _qualified_name(function: Callable[..., Any]) -> tuple[str, bool]:
     """``"module:qualname"`` and whether importing it gives ``function`` back (lambdas and closures do not)."""
     module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
+    if not module or module == "__main__" or not qualname or "<" in qualname:  # a script: not importable elsewhere
         return getattr(function, "__name__", type(function).__name__), False
     name = f"{module}:{qualname}"
     return name, _import_factory(name) is function

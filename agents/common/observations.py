@@ -85,7 +85,8 @@ class ObservationLayout:
 
     @property
     def all_box(self) -> bool:
-        return bool(self.box_entries.all())
+        """Every entry comes from a non-image ``Box`` (false for an image: pixels are never normalised)."""
+        return self.box_entries.size > 0 and bool(self.box_entries.all())
 
 
 def observation_layout(space: gym.Space, argument: str = "env") -> ObservationLayout:

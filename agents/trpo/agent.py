@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._pytree import tree_map
 
 from agents.common.builders import (
     NetworkLike,
@@ -48,7 +49,7 @@ from agents.common.checkpoint import (
 )
 from agents.common.collector import ActionMasks, Collector
 from agents.common.config import TRPOConfig, check_integer
-from agents.common.distributed import DataParallel, data_parallel, rank_seed
+from agents.common.distributed import DataParallel, data_parallel, rank_device, rank_seed
 from agents.common.env_sources import EnvLike, EnvSource, Wrapper, resolve_env, wrappers_importable
 from agents.common.envs import EnvStack, NormalizeBoxEntries, make_env_stack, make_eval_envs
 from agents.common.logs import CSV_NAME, PLOT_NAME, RunLogger, plot_learning_curve
@@ -88,8 +89,6 @@ _PRECONDITIONERS = {"none": lambda: None, "jacobi": Jacobi, "kfac": KFAC}
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 3  # 3: one entry per stateful part (agent.checkpoint_parts()), under "parts"
 EVAL_SEED_OFFSET = 10_000
-MASKABLE_ACTORS = (CategoricalActor, MultiCategoricalActor)
-"""The actors whose actions an environment's action masks apply to."""
 RANK_PARTS = ("collector", "generator")
 """The checkpoint parts that differ between the ranks of a data-parallel run (the rest are the same on all)."""
 
@@ -145,8 +144,8 @@ class TRPO:
         self.env_source = source = self._resolve_source(env, wrappers, config)
         networks = {"actor": actor, "critic": critic}
         self.config = config = self._resolve_config(source, env, seed, config, networks, hyperparameters)
-        self.device = resolve_device(config.device)
         self.parallel = self._join_ranks(config)
+        self.device = rank_device(resolve_device(config.device), self.parallel)
         self.dtype = getattr(torch, config.dtype)
         env_stack = self._make_env_stack(source)
         try:
@@ -156,9 +155,13 @@ class TRPO:
             raise
         self.collector = self._make_collector(env_stack)
         self.generator = torch.Generator().manual_seed(self.rank_seed)  # minibatch shuffles, Fisher subsamples
-        self.predict_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
-        self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
-        self.policy_optimizer = self._make_policy_optimizer()
+        self.predict_generator = torch.Generator().manual_seed(config.seed + 1)  # on the CPU whatever the device
+        try:
+            self.value_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.value_lr, fused=True)
+            self.policy_optimizer = self._make_policy_optimizer()
+        except BaseException:
+            self.collector.close()
+            raise
         self.progress = Progress()
         self._run_dirs: set[Path] = set()  # run directories this agent was loaded from or trained in
 
@@ -167,8 +170,10 @@ class TRPO:
         """Where the environments come from: ``env`` (and ``wrappers``), else the config's names."""
         if config is not None and not isinstance(config, TRPOConfig):
             raise TypeError(f"config must be a TRPOConfig (got {type(config).__name__})")
+        if config is not None and wrappers is None and "wrappers" not in config.custom:
+            wrappers = config.wrappers  # the run's importable wrappers, also around an env given again
         if env is None and config is not None:
-            env, wrappers = config.env, (wrappers if wrappers is not None else config.wrappers)
+            env = config.env
         return resolve_env("CartPole-v1" if env is None else env, wrappers)
 
     def _make_env_stack(self, source: EnvSource) -> EnvStack:
@@ -283,10 +288,16 @@ class TRPO:
             action_shape, action_dtype = _action_shape(env_stack.envs.single_action_space), np.int64
         if self.parallel is not None:  # before the first reset, whose observations the statistics take in
             self.parallel.track_statistics(env_stack)
-        mask_dim = self.actor.output_dim if isinstance(self.actor, MASKABLE_ACTORS) else None
         return Collector(
-            env_stack, self.config.n_steps, action_shape, action_dtype, numpy_dtype, self.rank_seed, mask_dim
+            env_stack, self.config.n_steps, action_shape, action_dtype, numpy_dtype, self.rank_seed, self.mask_sizes
         )
+
+    @property
+    def mask_sizes(self) -> list[int] | None:
+        """The categories of each factor an action mask covers (``None``: the actions take no masks)."""
+        if isinstance(self.actor, MultiCategoricalActor):
+            return list(self.actor.sizes)
+        return [self.actor.output_dim] if isinstance(self.actor, CategoricalActor) else None
 
     def _make_policy_optimizer(self) -> TrustRegionOptimizer:
         """The trust-region optimizer of the actor; :meth:`update_policy` gives each step its curvature."""
@@ -358,7 +369,7 @@ class TRPO:
                 iterations of ``num_envs × n_steps`` (100,352 for 100,000 on CartPole).
             callback: ``None``, a :class:`~agents.common.callbacks.Callback` (e.g.
                 :class:`~agents.common.callbacks.EvalCallback`), a function of the agent, or a list
-                of these, called after every iteration (after logging and any periodic checkpoint);
+                of these, called after every iteration (before it is logged and checkpointed);
                 ``False`` from one stops training there. The checkpoint at the end is written all
                 the same, so the run continues from there with ``reset_num_timesteps=False``.
             log_interval: print one line of metrics every ``log_interval`` iterations (``None``: quiet).
@@ -703,11 +714,14 @@ class TRPO:
         if mask is not None and tuple(mask.shape) != (len(x), self.actor.output_dim):
             raise ValueError(f"action_masks must have {self.actor.output_dim} entries per observation, True = allowed "
                              f"(got shape {tuple(mask.shape)} for {len(x)} observations)")  # fmt: skip
-        if mask is not None and not bool(mask.any(-1).all()):
-            raise ValueError("action_masks allow no action for some observation; allow at least one per observation")
+        if mask is not None and not all(bool(part.any(-1).all()) for part in mask.split(self.mask_sizes, dim=-1)):
+            raise ValueError("action_masks allow no action for some observation (or action entry); allow one at least")
         with torch.inference_mode():
             params = policy_params(self.actor, x, mask)
-            action = self.actor.mode(params) if deterministic else self.actor.sample(params, self.predict_generator)
+            if deterministic:
+                action = self.actor.mode(params)
+            else:  # the generator stays on the CPU, so a run moves between devices with its random state
+                action = self.actor.sample(tree_map(lambda t: t.cpu(), params), self.predict_generator)
             return self.actor.to_env(action.cpu().numpy())
 
     def evaluate(self, n_episodes: int | None = None, deterministic: bool = True, env: Any = None) -> dict[str, Any]:
@@ -734,8 +748,7 @@ class TRPO:
 
     def _run_episodes(self, envs: Any, n_episodes: int, deterministic: bool) -> tuple[np.ndarray, np.ndarray]:
         obs, info = envs.reset(seed=self.config.seed + EVAL_SEED_OFFSET)
-        mask_dim = self.actor.output_dim if isinstance(self.actor, MASKABLE_ACTORS) else None
-        masks = ActionMasks.detect(envs, n_episodes, info, mask_dim)
+        masks = ActionMasks.detect(envs, n_episodes, info, self.mask_sizes)
         returns, lengths = np.zeros(n_episodes), np.zeros(n_episodes, dtype=int)
         done = np.zeros(n_episodes, dtype=bool)
         while not done.all():
@@ -743,7 +756,7 @@ class TRPO:
             actions = self._actions(normalized, deterministic, None if masks is None else masks.current)
             obs, reward, terminated, truncated, info = envs.step(actions)
             if masks is not None:
-                masks.read(info, int(lengths.max()) + 1)
+                masks.read(info, int(lengths.max()) + 1, terminated | truncated | done)
             active = ~done
             returns[active] += reward[active]
             lengths[active] += 1
