@@ -728,14 +728,19 @@ class TRPO:
         """Run ``n_episodes`` episodes (one per sub-environment, fixed seeds) and report raw returns.
 
         ``env`` (an id, a ``gymnasium.Env``, a factory) evaluates there instead of on new environments
-        like the training ones; action masks are read from it as in training.
+        like the training ones, wrapped in the run's wrappers as training's sub-environments were;
+        action masks are read from it as in training.
         """
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         check_integer("n_episodes", n_episodes, 1)
+        if isinstance(env, gym.vector.VectorEnv):
+            raise ValueError("env: evaluate takes an id, a gymnasium.Env or a factory (one copy per episode), "
+                             "not a VectorEnv")  # fmt: skip
         source = self.env_source if env is None else resolve_env(env, self.env_source.wrappers)
         mode = self.config.vectorization_mode if env is None else "sync"
         envs = make_eval_envs(source, n_episodes, self.config.env_kwargs if env is None else {}, mode)
         try:
+            self._check_evaluation_space(envs.single_observation_space)
             returns, lengths = self._run_episodes(envs, n_episodes, deterministic)
         finally:
             envs.close()
@@ -745,6 +750,14 @@ class TRPO:
             "returns": returns.tolist(),
             "lengths": lengths.tolist(),
         }
+
+    def _check_evaluation_space(self, space: gym.Space) -> None:
+        """Refuse, in one line, an evaluation environment whose observations the networks cannot take."""
+        if tuple(space.shape or ()) != self.layout.shape:
+            raise ValueError(
+                f"env: its observations reach the networks with shape {space.shape}, the agent was trained on "
+                f"{self.layout.shape}: evaluate on the environment it was trained on"
+            )
 
     def _run_episodes(self, envs: Any, n_episodes: int, deterministic: bool) -> tuple[np.ndarray, np.ndarray]:
         obs, info = envs.reset(seed=self.config.seed + EVAL_SEED_OFFSET)

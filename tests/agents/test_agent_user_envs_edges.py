@@ -84,3 +84,15 @@ def test_a_factory_defined_in_a_script_is_not_taken_for_an_importable_one():
     make.__module__, make.__qualname__ = "__main__", "make"
     source = resolve_env(make)
     assert source.kind == "factory" and not source.importable
+
+
+def test_evaluation_elsewhere_refuses_a_vector_env_and_other_observations_in_one_line():
+    agent = TRPO("CartPole-v1", seed=0, **TINY)
+    vector = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")])
+    with pytest.raises(ValueError, match=r"^env: evaluate takes an id") as vector_error:
+        agent.evaluate(2, env=vector)
+    with pytest.raises(ValueError, match=r"^env: its observations reach the networks with shape \(3,\)") as error:
+        agent.evaluate(2, env="Pendulum-v1")
+    assert "\n" not in str(vector_error.value) + str(error.value)
+    vector.close()
+    agent.close()
