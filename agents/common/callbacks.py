@@ -202,14 +202,36 @@ class EvalCallback(Callback):
 
     def on_training_start(self, agent: TRPO) -> None:
         if not self._claimed:
-            if self.log_path is not None:
+            continued = self._continue_evaluations(agent)
+            if self.log_path is not None and not continued:
                 _refuse_existing("log_path", self.log_path / EVALUATIONS_NAME)
-            if self.best_model_save_path is not None:
+            if self.best_model_save_path is not None and not continued:
                 _refuse_existing("best_model_save_path", self.best_model_save_path / BEST_MODEL_NAME)
             self._claimed = True
         self._last_step = agent.global_step
         self.callback_on_new_best.on_training_start(agent)
         self.callback_after_eval.on_training_start(agent)
+
+    def _continue_evaluations(self, agent: TRPO) -> bool:
+        """Take up the evaluations of a run this agent continues: ``log_path``'s ones, none past its step.
+
+        A resumed run (``TRPO.load`` then ``learn``) with a new ``EvalCallback`` on the same paths keeps
+        its evaluations, its best mean return and its ``best_model.pt``; files of later steps belong
+        to another run and are refused.
+        """
+        path = None if self.log_path is None else self.log_path / EVALUATIONS_NAME
+        if path is None or not path.exists() or agent.global_step == 0:
+            return False
+        with np.load(path) as saved:
+            timesteps, results, lengths = saved["timesteps"], saved["results"], saved["ep_lengths"]
+        if timesteps.size and int(timesteps.max()) > agent.global_step:
+            return False
+        self.evaluations_timesteps = [int(step) for step in timesteps]
+        self.evaluations_results = results.tolist()
+        self.evaluations_length = lengths.tolist()
+        if results.size:
+            self.best_mean_reward = float(results.mean(axis=1).max())
+        return True
 
     def on_iteration(self, agent: TRPO, metrics: dict[str, Any]) -> bool | None:
         previous, self._last_step = self._last_step, agent.global_step
@@ -382,6 +404,27 @@ class CheckpointCallback(Callback):
                 f"agent's step {agent.global_step}; pass a new directory or another name_prefix"
             )
         self._last_step = agent.global_step
+
+    def _continue_evaluations(self, agent: TRPO) -> bool:
+        """Take up the evaluations of a run this agent continues: ``log_path``'s ones, none past its step.
+
+        A resumed run (``TRPO.load`` then ``learn``) with a new ``EvalCallback`` on the same paths keeps
+        its evaluations, its best mean return and its ``best_model.pt``; files of later steps belong
+        to another run and are refused.
+        """
+        path = None if self.log_path is None else self.log_path / EVALUATIONS_NAME
+        if path is None or not path.exists() or agent.global_step == 0:
+            return False
+        with np.load(path) as saved:
+            timesteps, results, lengths = saved["timesteps"], saved["results"], saved["ep_lengths"]
+        if timesteps.size and int(timesteps.max()) > agent.global_step:
+            return False
+        self.evaluations_timesteps = [int(step) for step in timesteps]
+        self.evaluations_results = results.tolist()
+        self.evaluations_length = lengths.tolist()
+        if results.size:
+            self.best_mean_reward = float(results.mean(axis=1).max())
+        return True
 
     def on_iteration(self, agent: TRPO, metrics: dict[str, Any]) -> bool | None:
         previous, self._last_step = self._last_step, agent.global_step

@@ -382,3 +382,25 @@ def test_eval_callback_evaluates_on_the_given_environment():
     agent.learn(2 * BATCH, callback=short)
     assert short.evaluations_length == [[5, 5], [5, 5]] and short.evaluations_results == [[5.0, 5.0], [5.0, 5.0]]
     agent.close()
+
+
+def test_a_resumed_run_continues_its_evaluations_and_best_model(tmp_path):
+    """TRPO.load then learn with a new EvalCallback on the same paths: the evaluations go on, none is lost."""
+    options = {"eval_freq": BATCH, "n_eval_episodes": 2, "log_path": tmp_path, "best_model_save_path": tmp_path}
+    agent = TRPO(env="CartPole-v1", seed=0, **SMALL)
+    first = EvalCallback(verbose=0, **options)
+    agent.learn(2 * BATCH, callback=first)
+    agent.save(tmp_path / "run.pt")
+    agent.close()
+    resumed = TRPO.load(tmp_path / "run.pt")
+    second = EvalCallback(verbose=0, **options)
+    resumed.learn(2 * BATCH, callback=second)
+    assert second.evaluations_timesteps == [BATCH, 2 * BATCH, 3 * BATCH, 4 * BATCH]
+    assert second.best_mean_reward >= first.best_mean_reward
+    with np.load(tmp_path / "evaluations.npz") as saved:
+        assert saved["timesteps"].tolist() == second.evaluations_timesteps
+    stranger = TRPO(env="CartPole-v1", seed=1, **SMALL)  # at step 0: these files are another run's
+    with pytest.raises(ValueError, match="already holds"):
+        stranger.learn(BATCH, callback=EvalCallback(verbose=0, **options))
+    resumed.close()
+    stranger.close()
