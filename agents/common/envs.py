@@ -373,7 +373,7 @@ def _base_vector_env(source: EnvSource, num_envs: int, mode: str, env_kwargs: di
         return make_native_vector_env(source.name, num_envs, env_kwargs)
     if source.kind == "vector":
         source.check(num_envs, mode, env_kwargs)
-        return wrap_vector_env(source.target)
+        return UserVectorEnv(source.target)
     return source.vector(num_envs, mode, env_kwargs, inner=[RecordEpisodeStatistics], outer=[EnvSnapshot])
 
 
@@ -396,11 +396,6 @@ class UserVectorEnv(VectorWrapper):
     def set_attr(self, name: str, values: Any) -> None:
         if name != "snapshot":
             self.env.set_attr(name, values)
-
-
-def wrap_vector_env(envs: VectorEnv) -> VectorEnv:
-    """A user's vector environment as the base of an :class:`EnvStack` (see :class:`UserVectorEnv`)."""
-    return UserVectorEnv(envs)
 
 
 class NormalizeBoxEntries(VectorObservationWrapper):

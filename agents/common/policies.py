@@ -255,7 +255,15 @@ def _masked_numpy(perturbed: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return perturbed if mask is None else np.where(mask, perturbed, -np.inf)
 
 
-class CategoricalActor(Actor):
+class _MaskableActor(Actor):
+    """An actor over categories: an action mask makes the forbidden ones impossible (:func:`masked_logits`)."""
+
+    def mask_params(self, params: DistributionParams, mask: Tensor) -> DistributionParams:
+        assert isinstance(params, Tensor)
+        return masked_logits(params, mask)
+
+
+class CategoricalActor(_MaskableActor):
     """``Discrete(n)``: softmax over ``n`` logits; with an action mask, over the allowed ones."""
 
     def __init__(
@@ -287,10 +295,6 @@ class CategoricalActor(Actor):
     def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
         return CategoricalFisher() if mask is None else CategoricalFisher(mask=mask)
 
-    def mask_params(self, params: DistributionParams, mask: Tensor) -> DistributionParams:
-        assert isinstance(params, Tensor)
-        return masked_logits(params, mask)
-
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return rng.gumbel(size=shape)
 
@@ -301,7 +305,7 @@ class CategoricalActor(Actor):
         return sample
 
 
-class MultiCategoricalActor(Actor):
+class MultiCategoricalActor(_MaskableActor):
     """``MultiDiscrete(nvec)``: independent softmaxes over consecutive slices of the logits (and of a mask)."""
 
     def __init__(
@@ -347,10 +351,6 @@ class MultiCategoricalActor(Actor):
 
     def output_fisher(self, mask: Tensor | None = None) -> OutputFisher:
         return MultiCategoricalFisher(self.sizes) if mask is None else MultiCategoricalFisher(self.sizes, mask=mask)
-
-    def mask_params(self, params: DistributionParams, mask: Tensor) -> DistributionParams:
-        assert isinstance(params, Tensor)
-        return masked_logits(params, mask)
 
     def rollout_noise(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return rng.gumbel(size=shape)
