@@ -549,15 +549,19 @@ def _video_env(agent: Any, folder: Path | None) -> Any:
     config = agent.config
 
     def recorded(name: str, into: Path = folder) -> gym.Env:
-        env = gym.make(config.env, render_mode="rgb_array", **config.env_kwargs)
-        with warnings.catch_warnings():  # the folder was new or empty; each episode writes its own file
-            warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
-            return RecordVideo(env, str(into), name_prefix=name, episode_trigger=lambda episode: episode == 0)
+        env = gym.make(config.env, **{**config.env_kwargs, "render_mode": "rgb_array"})
+        try:
+            with warnings.catch_warnings():  # the folder was new or empty; each episode writes its own file
+                warnings.filterwarnings("ignore", message=".*Overwriting existing videos")
+                return RecordVideo(env, str(into), name_prefix=name, episode_trigger=lambda episode: episode == 0)
+        except BaseException:
+            env.close()
+            raise
 
     try:  # fails here, in one line, without moviepy or rgb_array rendering
         with tempfile.TemporaryDirectory() as probe:
             recorded("probe", Path(probe) / "videos").close()
-    except (gym.error.Error, ImportError, ValueError) as error:
+    except (gym.error.Error, ImportError, ValueError, TypeError) as error:
         raise UsageError(f"--record-video: {_one_line(error)}") from error
     names = (f"episode-{index}" for index in range(1 << 30))
     return lambda: recorded(next(names))
