@@ -114,7 +114,7 @@ MUTANTS = [
     Mutant(
         "cg_preconditioner_dropped",
         "solvers/cg.py",
-        "precondition = self.preconditioner or (lambda r: r)",
+        "precondition = preconditioning(self.preconditioner, operator, rhs) or (lambda r: r)",
         "precondition = lambda r: r  # noqa: E731",
         CG_TESTS,
     ),
@@ -149,15 +149,15 @@ MUTANTS = [
     Mutant(
         "steihaug_tol_zero_never_stops",
         "solvers/steihaug.py",
-        "if math.sqrt(new_residual_dot) <= tolerance:",
-        "if math.sqrt(new_residual_dot) < tolerance:",
+        "if math.sqrt(residual_square) <= tolerance:",
+        "if math.sqrt(residual_square) < tolerance:",
         MATRIX_TESTS,
     ),
     Mutant(
         "steihaug_default_cap_n",
         "solvers/steihaug.py",
-        "max_iter = self.max_iter or 10 * operator.dim",
-        "max_iter = self.max_iter or operator.dim",
+        "range(self.max_iter or 10 * operator.dim)",
+        "range(self.max_iter or operator.dim)",
         MATRIX_TESTS,
     ),
     Mutant(
@@ -314,22 +314,22 @@ MUTANTS = [
     Mutant(
         "levenberg_marquardt_scale_not_running_max",
         "control/levenberg_marquardt.py",
-        "scale = torch.maximum(scale, torch.tensor(state.scale, dtype=torch.float64))",
-        "scale = scale",
+        "return tuple(torch.maximum(scale, torch.tensor(previous, dtype=torch.float64)).tolist())",
+        "return tuple(scale.tolist())",
         MATRIX_TESTS,
     ),
     Mutant(
         "minimizer_rounding_dropped",
         "minimizer.py",
-        "rounding = 10 * torch.finfo(params[0].dtype).eps * max(1.0, abs(loss))",
+        "rounding = self._rounding(loss, params[0].dtype)",
         "rounding = 0.0",
         MATRIX_TESTS,
     ),
     Mutant(
         "improvement_ratio_rounding_dropped",
         "control/base.py",
-        "return (actual + rounding) / (predicted_reduction + rounding)",
-        "return actual / predicted_reduction",
+        "return adjusted_ratio(loss_before - loss_after, predicted_reduction, rounding)",
+        "return adjusted_ratio(loss_before - loss_after, predicted_reduction, 0.0)",
         MATRIX_TESTS,
     ),
     Mutant(
@@ -391,7 +391,7 @@ MUTANTS = [
     Mutant(
         "minimizer_control_state_not_kept",
         "minimizer.py",
-        'self._set_control_state(self.control.update(state, ratio, details["step_norm"]))',
+        'self._set_control_state(self.control.after_step(state, ratio, details["step_norm"], step, predicted))',
         "pass",
         MATRIX_TESTS,
     ),
@@ -434,8 +434,8 @@ MUTANTS = [
     Mutant(
         "gaussian_fisher_shared_row_weighted_per_input",
         "outputs.py",
-        "rows = log_std.shape[0] if log_std.dim() == mean.dim() else 1",
-        "rows = batch if log_std.dim() == mean.dim() else 1",
+        "rows = log_std.shape[0] if log_std.dim() == mean.dim() else 1\n        log_std_weight",
+        "rows = batch if log_std.dim() == mean.dim() else 1\n        log_std_weight",
         CURVATURE_TESTS,
     ),
     # ------------------------------------------------------------------ least squares (MGH), acceptance, reuse
