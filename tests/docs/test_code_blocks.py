@@ -180,5 +180,10 @@ def test_the_rule_on_a_sample_page(tmp_path: Path) -> None:
             python_blocks(page)
 
 
-if __name__ == "__main__":
-    run_page(Path(sys.argv[1]).resolve())
+if __name__ == "__main__":  # by hand: in a temporary directory too, so a page's files never land in the tree
+    import tempfile
+
+    page_path = Path(sys.argv[1]).resolve()
+    if Path.cwd().resolve() == ROOT or ROOT in Path.cwd().resolve().parents:
+        os.chdir(tempfile.mkdtemp(prefix="page-"))
+    run_page(page_path)
