@@ -405,27 +405,6 @@ class CheckpointCallback(Callback):
             )
         self._last_step = agent.global_step
 
-    def _continue_evaluations(self, agent: TRPO) -> bool:
-        """Take up the evaluations of a run this agent continues: ``log_path``'s ones, none past its step.
-
-        A resumed run (``TRPO.load`` then ``learn``) with a new ``EvalCallback`` on the same paths keeps
-        its evaluations, its best mean return and its ``best_model.pt``; files of later steps belong
-        to another run and are refused.
-        """
-        path = None if self.log_path is None else self.log_path / EVALUATIONS_NAME
-        if path is None or not path.exists() or agent.global_step == 0:
-            return False
-        with np.load(path) as saved:
-            timesteps, results, lengths = saved["timesteps"], saved["results"], saved["ep_lengths"]
-        if timesteps.size and int(timesteps.max()) > agent.global_step:
-            return False
-        self.evaluations_timesteps = [int(step) for step in timesteps]
-        self.evaluations_results = results.tolist()
-        self.evaluations_length = lengths.tolist()
-        if results.size:
-            self.best_mean_reward = float(results.mean(axis=1).max())
-        return True
-
     def on_iteration(self, agent: TRPO, metrics: dict[str, Any]) -> bool | None:
         previous, self._last_step = self._last_step, agent.global_step
         if crossed_multiple(previous, agent.global_step, self.save_freq):
