@@ -33,6 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.common.checkpoint import atomic_write_bytes
+from agents.common.config import check_integer
 
 if TYPE_CHECKING:
     from agents.trpo.agent import TRPO
@@ -111,12 +112,6 @@ def crossed_multiple(previous_step: int, step: int, frequency: int) -> bool:
     return step // frequency > previous_step // frequency
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r})")
-    return value
-
-
 def _directory(name: str, value: Any, optional: bool = False) -> Path:
     """``value`` as a directory path; anything else, or a path to a file, is a one-line ``ValueError``."""
     if not isinstance(value, (str, os.PathLike)):
@@ -182,8 +177,8 @@ class EvalCallback(Callback):
         if not isinstance(deterministic, bool):
             raise ValueError(f"deterministic must be True or False (got {deterministic!r})")
         self.eval_env = eval_env
-        self.eval_freq = _check_count("eval_freq", eval_freq, 1)
-        self.n_eval_episodes = _check_count("n_eval_episodes", n_eval_episodes, 1)
+        self.eval_freq = check_integer("eval_freq", eval_freq, 1)
+        self.n_eval_episodes = check_integer("n_eval_episodes", n_eval_episodes, 1)
         self.deterministic = deterministic
         self.best_model_save_path = (
             None if best_model_save_path is None else _directory("best_model_save_path", best_model_save_path, True)
@@ -191,7 +186,7 @@ class EvalCallback(Callback):
         self.log_path = None if log_path is None else _directory("log_path", log_path, True)
         self.callback_on_new_best = as_callback(callback_on_new_best, "callback_on_new_best")
         self.callback_after_eval = as_callback(callback_after_eval, "callback_after_eval")
-        self.verbose = _check_count("verbose", verbose, 0)
+        self.verbose = check_integer("verbose", verbose, 0)
         self.last_mean_reward = -math.inf
         self.best_mean_reward = -math.inf
         self.evaluations_timesteps: list[int] = []
@@ -318,7 +313,7 @@ class StopTrainingOnRewardThreshold(Callback):
         if math.isnan(reward_threshold):
             raise ValueError("reward_threshold must be a number (got nan)")
         self.reward_threshold = float(reward_threshold)
-        self.verbose = _check_count("verbose", verbose, 0)
+        self.verbose = check_integer("verbose", verbose, 0)
 
     def on_iteration(self, agent: TRPO, metrics: dict[str, Any]) -> bool | None:
         best = _evaluation_metric(metrics, type(self).__name__)
@@ -341,9 +336,9 @@ class StopTrainingOnNoModelImprovement(Callback):
     """
 
     def __init__(self, max_no_improvement_evals: int, min_evals: int = 0, verbose: int = 0) -> None:
-        self.max_no_improvement_evals = _check_count("max_no_improvement_evals", max_no_improvement_evals, 0)
-        self.min_evals = _check_count("min_evals", min_evals, 0)
-        self.verbose = _check_count("verbose", verbose, 0)
+        self.max_no_improvement_evals = check_integer("max_no_improvement_evals", max_no_improvement_evals, 0)
+        self.min_evals = check_integer("min_evals", min_evals, 0)
+        self.verbose = check_integer("verbose", verbose, 0)
         self.evaluations = 0
         self.no_improvement_evals = 0
         self.last_best_mean_reward = -math.inf
@@ -378,7 +373,7 @@ class CheckpointCallback(Callback):
     """
 
     def __init__(self, save_freq: int, save_path: str | os.PathLike[str], name_prefix: str = "model") -> None:
-        self.save_freq = _check_count("save_freq", save_freq, 1)
+        self.save_freq = check_integer("save_freq", save_freq, 1)
         self.save_path = _directory("save_path", save_path)
         if not isinstance(name_prefix, str) or not name_prefix or any(sep in name_prefix for sep in "/\\"):
             raise ValueError(f"name_prefix must be a non-empty file name prefix without '/' (got {name_prefix!r})")

@@ -91,8 +91,9 @@ class Collector:
         envs, num_envs, masks = self.env_stack.envs, self.env_stack.num_envs, self.masks
         first_step, statistics = self.env_stack.vector_steps, self.env_stack.statistics()
         rollout = Rollout.empty(
-            self.n_steps, num_envs, self.obs_shape, self.action_shape, self.action_dtype, self.dtype, masks
-        )
+            self.n_steps, num_envs, self.obs_shape, self.action_shape, self.action_dtype, self.dtype,
+            None if masks is None else masks.dim,
+        )  # fmt: skip
         sample_actions = actor.rollout_head()
         noise = actor.rollout_noise(self.rng, (self.n_steps, num_envs, actor.output_dim), self.np_float)
         next_obs = self.obs

@@ -47,12 +47,12 @@ class Rollout:
         action_shape: tuple[int, ...],
         action_dtype: Any,
         dtype: Any,
-        masks: Any = None,
+        mask_dim: int | None = None,
     ) -> Rollout:
-        """Arrays to fill, time-major: ``[n_steps, num_envs, ...]`` (``masks``: the action masks' reader, or None)."""
+        """Arrays to fill, time-major: ``[n_steps, num_envs, ...]`` (``mask_dim``: entries of an action mask)."""
         steps = (n_steps, num_envs)
         return cls(
-            masks=None if masks is None else np.ones((*steps, masks.dim), dtype=bool),
+            masks=None if mask_dim is None else np.ones((*steps, mask_dim), dtype=bool),
             obs=np.zeros((*steps, *obs_shape), dtype=dtype),
             actions=np.zeros((*steps, *action_shape), dtype=action_dtype),
             values=np.zeros(steps, dtype=np.float64),

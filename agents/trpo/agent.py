@@ -711,6 +711,9 @@ class TRPO:
         """Actions for a ``[batch, *shape]`` array of network observations (normalised), as the env takes them."""
         x = torch.from_numpy(np.ascontiguousarray(self._network_dtype(obs))).to(self.device)
         mask = None if masks is None else torch.from_numpy(masks).to(self.device)
+        if mask is not None and self.mask_sizes is None:
+            raise ValueError(f"action_masks apply to Discrete and MultiDiscrete actions, not to this agent's "
+                             f"{self.env_stack.envs.single_action_space}; leave action_masks out")  # fmt: skip
         if mask is not None and tuple(mask.shape) != (len(x), self.actor.output_dim):
             raise ValueError(f"action_masks must have {self.actor.output_dim} entries per observation, True = allowed "
                              f"(got shape {tuple(mask.shape)} for {len(x)} observations)")  # fmt: skip

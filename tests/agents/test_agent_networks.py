@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from tiny_envs import ImageDictEnv, ImageEnv, RandomRewardEnv
+from tiny_envs import ImageDictEnv, ImageEnv, ObservationRecorder, RandomRewardEnv
 from torch import Tensor, nn
 
 from agents import TRPO
@@ -176,31 +176,13 @@ IMAGE_ENVS = {
 }
 
 
-class ImageRecorder(gym.Wrapper):
-    """Keeps every raw image the environment returns, in order."""
-
-    def __init__(self, env: gym.Env, seen: list) -> None:
-        super().__init__(env)
-        self.seen = seen
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        self.seen.append(obs)
-        return obs, info
-
-    def step(self, action):
-        result = self.env.step(action)
-        self.seen.append(result[0])
-        return result
-
-
 @pytest.mark.parametrize("name", list(IMAGE_ENVS))
 def test_image_observations_are_stored_raw_and_encoded_by_the_small_cnn(name):
     seen: list = []
     env = IMAGE_ENVS[name]
     space = env().observation_space
     options = {**TINY, "num_envs": 1}
-    agent = TRPO(env, seed=0, wrappers=[lambda e: ImageRecorder(e, seen)], **options)
+    agent = TRPO(env, seed=0, wrappers=[lambda e: ObservationRecorder(e, seen)], **options)
     layout = agent.layout
     assert layout.image and not layout.flatten and layout.shape == space.shape
     assert layout.image_scale == (1 / 255 if space.dtype == np.uint8 else 1.0)

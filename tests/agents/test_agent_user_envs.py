@@ -13,6 +13,7 @@ from tiny_envs import (
     DiscreteObservationEnv,
     FixedSpaceEnv,
     MixedObservationEnv,
+    ObservationRecorder,
     RandomRewardEnv,
     ScriptedChain,
     make_random_discrete,
@@ -53,29 +54,11 @@ def trains(agent: TRPO, iterations: int = 2) -> None:
     agent.close()
 
 
-class Recorder(gym.Wrapper):
-    """Keeps every raw observation the environment returns (reset and step), in order."""
-
-    def __init__(self, env: gym.Env, seen: list) -> None:
-        super().__init__(env)
-        self.seen = seen
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        self.seen.append(obs)
-        return obs, info
-
-    def step(self, action):
-        result = self.env.step(action)
-        self.seen.append(result[0])
-        return result
-
-
 def recorded_rollout(env_factory, **options):
     """An agent on one sub-environment of ``env_factory`` and a rollout, with the raw observations it saw."""
     seen: list = []
     options = {"seed": 0, "num_envs": 1, **TINY, **options}
-    agent = TRPO(env_factory, wrappers=[lambda env: Recorder(env, seen)], **options)
+    agent = TRPO(env_factory, wrappers=[lambda env: ObservationRecorder(env, seen)], **options)
     rollout = agent.collector.collect(agent.actor, agent.rollout_networks())
     return agent, rollout, seen
 

@@ -96,3 +96,11 @@ def test_evaluation_elsewhere_refuses_a_vector_env_and_other_observations_in_one
     assert "\n" not in str(vector_error.value) + str(error.value)
     vector.close()
     agent.close()
+
+
+def test_action_masks_for_box_actions_are_refused_in_one_line():
+    agent = TRPO("Pendulum-v1", seed=0, **TINY)
+    with pytest.raises(ValueError, match=r"^action_masks apply to Discrete and MultiDiscrete actions") as error:
+        agent.act(np.zeros(3, np.float32), action_masks=np.ones(1, bool))
+    assert "\n" not in str(error.value)
+    agent.close()

@@ -122,6 +122,24 @@ class TextObservationEnv(DictObservationEnv):
         return "abc", 0.0, True, False, {}
 
 
+class ObservationRecorder(gym.Wrapper):
+    """Keeps every raw observation the environment returns (reset and step), in order."""
+
+    def __init__(self, env: gym.Env, seen: list) -> None:
+        super().__init__(env)
+        self.seen = seen
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.seen.append(obs)
+        return obs, info
+
+    def step(self, action):
+        result = self.env.step(action)
+        self.seen.append(result[0])
+        return result
+
+
 def register_all() -> None:
     """Register the ids used by the tests (idempotent)."""
     if "tests/ScriptedChain-v0" in gym.registry:
