@@ -517,7 +517,21 @@ MUTANTS = [
         "fisher = self.fisher",
         ("tests/trustregion/curvature/test_masked_fisher.py",),
     ),
+    Mutant(
+        "learned_noise_allowance_made_absolute_below_one",
+        "minimizer.py",
+        "noise * abs(loss))",
+        "noise * max(1.0, abs(loss)))",
+        ("tests/trustregion/test_drivers.py",),
+    ),
     # ------------------------------------------------------------------ agents: masks, observations, encoders
+    Mutant(
+        "kfac_default_kept_for_a_user_actor",
+        "agents/trpo/agent.py",
+        'if networks.get("actor") is None and hyperparameters.get("curvature", "gauss-newton") == "gauss-newton":',
+        'if hyperparameters.get("curvature", "gauss-newton") == "gauss-newton":',
+        NETWORK_TESTS,
+    ),
     Mutant(
         "policy_closure_drops_the_action_masks",
         "agents/trpo/agent.py",

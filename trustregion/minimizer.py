@@ -200,20 +200,24 @@ class TrustRegionMinimizer(TrustRegionBase):
         )
 
     def _rounding(self, loss: float, dtype: torch.dtype) -> float:
-        """``r = max(10 ε, ν) max(1, |loss|)``, with ``ν`` the relative evaluation noise seen so far (0 at first)."""
+        """``r = max(10 ε max(1, |loss|), ν |loss|)``, ``ν`` the relative evaluation noise seen so far (0 at first).
+
+        The first term is Conn, Gould & Toint's allowance (*Trust-Region Methods*, 2000, sec. 17.4.2);
+        the learned one is relative to the loss alone, so a loss far below 1 is not given an absolute one.
+        """
         noise = self.state[self._params()[0]].get("noise", 0.0)
-        return max(10 * torch.finfo(dtype).eps, noise) * max(1.0, abs(loss))
+        return max(10 * torch.finfo(dtype).eps * max(1.0, abs(loss)), noise * abs(loss))
 
     def _learn_noise(self, loss: float, trial_loss: float, predicted: float, dtype: torch.dtype) -> None:
         """Raise ``ν`` to what a refused step too small for the loss to resolve showed.
 
-        A step predicted to gain at most ``10⁴ ε max(1, |loss|)`` is far inside the region where the
+        A step predicted to gain at most ``10⁴ ε |loss|`` is far inside the region where the
         quadratic model is exact to many digits, so ``|actual - predicted|`` there is the noise of the
         loss's evaluation, not model error (Meyer's ``Σ r²`` is 88 but sums differences of numbers near
         3·10⁴, and shows noise near 10⁻¹⁰). ``ν`` becomes twice that relative deviation, so the same
         step tried again has ``ρ`` near ½ and is taken; it is capped at ``10⁴ ε``.
         """
-        level, cap = max(1.0, abs(loss)), _NOISE_CAP * torch.finfo(dtype).eps
+        level, cap = abs(loss), _NOISE_CAP * torch.finfo(dtype).eps
         if not (math.isfinite(trial_loss) and 0.0 < predicted <= cap * level):
             return
         state = self.state[self._params()[0]]

@@ -48,7 +48,7 @@ from agents.common.checkpoint import (
     save_checkpoint,
 )
 from agents.common.collector import ActionMasks, Collector
-from agents.common.config import TRPOConfig, check_integer
+from agents.common.config import UNPRECONDITIONED_CG_ITERS, TRPOConfig, check_integer, env_defaults
 from agents.common.distributed import DataParallel, data_parallel, rank_device, rank_seed
 from agents.common.env_sources import EnvLike, EnvSource, Wrapper, resolve_env, wrappers_importable
 from agents.common.envs import EnvStack, NormalizeBoxEntries, make_env_stack, make_eval_envs
@@ -221,7 +221,8 @@ class TRPO:
                         f"{cls.__name__} always runs with {name}={fixed!r} (got {name}={hyperparameters[name]!r}); "
                         f"use TRPO for {name}={hyperparameters[name]!r}"
                     )
-            values = {**_source_defaults(source, hyperparameters), **cls.overrides, **hyperparameters}
+            implied = _source_defaults(source, hyperparameters) | _network_defaults(source, networks, hyperparameters)
+            values = {**implied, **cls.overrides, **hyperparameters}
             return TRPOConfig.for_env(source.name, seed=seed, wrappers=source.wrapper_names, custom=custom, **values)
         given = ["env"] if isinstance(env, str) and env != config.env else []
         given += ["seed"] if seed is not None else []
@@ -307,6 +308,12 @@ class TRPO:
             space = self.env_stack.envs.single_observation_space
             no_batch_yet = sample_batch(self.layout, space, self.dtype, self.device)[:0]
             self.gauss_newton = GaussNewton.for_module(self.actor, no_batch_yet, self.actor.output_fisher())
+        if config.preconditioner == "kfac" and not (self.gauss_newton is not None and self.gauss_newton.layerwise):
+            raise ValueError(
+                "preconditioner='kfac' needs an actor of nn.Linear layers and tanh/relu (the layer-wise Gauss-Newton "
+                f"path); this actor is not one: pass preconditioner='none' (with cg_iters={UNPRECONDITIONED_CG_ITERS}) "
+                "or 'jacobi'"
+            )
         if config.line_search:
             line_search = BacktrackingLineSearch(config.backtrack_iters, config.backtrack_ratio)
         else:
@@ -913,6 +920,20 @@ def _source_defaults(source: EnvSource, hyperparameters: dict[str, Any]) -> dict
         implied["num_envs"] = 1
     if source.kind == "vector":
         implied["num_envs"] = source.target.num_envs
+    return {name: value for name, value in implied.items() if name not in hyperparameters}
+
+
+def _network_defaults(source: EnvSource, networks: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The unpreconditioned policy step, unless given, where a task's default K-FAC cannot apply.
+
+    K-FAC (HalfCheetah's default) needs the built-in MLP's layer-wise Gauss-Newton: a user's ``actor``
+    or ``curvature="kl-hessian"`` gets ``preconditioner="none"`` with ``cg_iters`` as before K-FAC.
+    """
+    if env_defaults(source.name).get("preconditioner") != "kfac" or "preconditioner" in hyperparameters:
+        return {}
+    if networks.get("actor") is None and hyperparameters.get("curvature", "gauss-newton") == "gauss-newton":
+        return {}
+    implied = {"preconditioner": "none", "cg_iters": UNPRECONDITIONED_CG_ITERS}
     return {name: value for name, value in implied.items() if name not in hyperparameters}
 
 

@@ -130,12 +130,39 @@ def gauss_newton_dense(agent: TRPO, old: OldPolicy) -> Tensor:
 def test_user_actor_path_and_its_gauss_newton_is_the_kl_hessian(env, network, layerwise):
     width = {"tests/Random-discrete-v0": 3, "tests/Random-box-v0": 2}[env]
     agent = TRPO(env, seed=2, dtype="float64", actor=network(3, width), **TINY)
-    assert (agent.gauss_newton._traced is not None) == layerwise
+    assert agent.gauss_newton.layerwise == layerwise
     batch = agent.rollout_batch()
     old = OldPolicy.of(agent.actor, batch.obs[:24], batch.actions[:24])
     reference = dense_kl_hessian(agent, old)
     assert reference.abs().max() > 1e-3
     torch.testing.assert_close(gauss_newton_dense(agent, old), reference, rtol=1e-8, atol=1e-10)
+    agent.close()
+
+
+def test_kfac_with_an_actor_it_cannot_read_is_refused_before_any_step():
+    with pytest.raises(ValueError, match=r"^preconditioner='kfac' needs an actor of nn.Linear layers.*'none'") as info:
+        TRPO("tests/Random-box-v0", actor=layer_norm_mlp(3, 2), preconditioner="kfac", **TINY)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, ("kfac", 5)),
+        ({"actor": "layer-norm"}, ("none", 25)),
+        ({"actor": "tanh-mlp"}, ("none", 25)),
+        ({"curvature": "kl-hessian"}, ("none", 25)),
+        ({"actor": "layer-norm", "cg_iters": 12}, ("none", 12)),
+        ({"actor": "tanh-mlp", "preconditioner": "kfac"}, ("kfac", 5)),
+        ({"actor": "layer-norm", "preconditioner": "jacobi"}, ("jacobi", 5)),
+    ],
+)
+def test_the_mujoco_kfac_default_gives_way_where_it_cannot_apply(given, expected):
+    """K-FAC with 5 CG iterations is HalfCheetah's default; a user's actor or the KL-Hessian gets 25 plain ones."""
+    networks = {"layer-norm": layer_norm_mlp, "tanh-mlp": mlp}
+    options = {name: networks[value](17, 6) if name == "actor" else value for name, value in given.items()}
+    agent = TRPO("HalfCheetah-v5", num_envs=1, n_steps=16, **options)
+    assert (agent.config.preconditioner, agent.config.cg_iters) == expected
     agent.close()
 
 

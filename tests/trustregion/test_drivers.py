@@ -70,6 +70,24 @@ def test_least_squares_reaches_the_published_minimum_where_scipy_lm_does(name: s
     assert result.history[-1] == result.loss and len(result.history) == result.steps
 
 
+@pytest.mark.parametrize("scale", [1e-2, 1.0])
+def test_the_learned_noise_allowance_is_relative_to_the_loss(scale: float) -> None:
+    """Meyer shows evaluation noise near 1e-10 of its loss; scaled to a loss below 1 it stays relative.
+
+    ``r`` is at most Conn, Gould & Toint's ``10 ε max(1, |L|)`` or the learned ``ν |L|`` (``ν <= 10⁴ ε``):
+    an allowance learned at ``|L| < 1`` must not act as an absolute one, which would accept rises.
+    """
+    x, steps = torch.tensor(MGH["meyer"][1], dtype=DTYPE, requires_grad=True), []
+    result = least_squares(lambda z: scale * meyer(z), [x], max_steps=2000, callback=steps.append)
+    assert 2 * result.loss == pytest.approx(87.9459 * scale**2, rel=1e-5, abs=0.0)
+    eps = torch.finfo(DTYPE).eps
+    assert all(
+        step.rounding <= max(10 * eps * max(1.0, step.loss_before), 1e4 * eps * step.loss_before) for step in steps
+    )
+    assert max(step.rounding for step in steps) > 10 * eps * max(1.0, result.loss)  # noise was learned
+    assert all(step.loss_after <= step.loss_before + step.rounding for step in steps if step.accepted)
+
+
 def test_moré_scaling_is_what_solves_meyer() -> None:
     x = torch.tensor(MGH["meyer"][1], dtype=DTYPE, requires_grad=True)
     unscaled = least_squares(meyer, [x], control=LevenbergMarquardt(), solver=DenseSolver(), max_steps=2000)

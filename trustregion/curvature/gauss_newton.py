@@ -89,6 +89,11 @@ class GaussNewton(Curvature):
         operator._traced = trace(module, names) if layerwise else None
         return operator
 
+    @property
+    def layerwise(self) -> bool:
+        """Whether products go layer by layer (:meth:`for_module` traced the module), as K-FAC needs."""
+        return self._traced is not None
+
     def __getstate__(self) -> dict[str, object]:
         """Copied and pickled without the trace (its torch.fx graph does not pickle); the copy traces its module."""
         state = dict(self.__dict__)
