@@ -524,6 +524,13 @@ MUTANTS = [
         "noise * max(1.0, abs(loss)))",
         ("tests/trustregion/test_drivers.py",),
     ),
+    Mutant(
+        "least_squares_dense_default_is_the_damping_control",
+        "drivers.py",
+        "if control is None and (solver is None or isinstance(solver, SecularSolver)) and size <= _DENSE_UP_TO:",
+        "if False:",
+        ("tests/trustregion/test_drivers.py",),
+    ),
     # ------------------------------------------------------------------ agents: masks, observations, encoders
     Mutant(
         "kfac_default_kept_for_a_user_actor",

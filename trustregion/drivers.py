@@ -275,12 +275,13 @@ def least_squares(
 
     ``residuals(*params)`` is a pure function of the parameter tensors (as
     :class:`~trustregion.ResidualGaussNewton` takes it). Defaults: the Gauss-Newton matrix
-    ``JᵀJ``, :class:`~trustregion.LevenbergMarquardt` from ``μ₀ = 10⁻⁶`` with Moré's scaling
-    (``scaled=True``) and the curvature floor after refusals (``curvature_floor=True``), and the
-    :class:`~trustregion.DenseSolver`
-    up to 500 parameters (a :class:`~trustregion.SteihaugCG` above); ``tolerances`` as in :func:`run`.
-    ``control=ScaledTrustRadius(params=params)`` is the trust-region formulation (MINPACK's ``lmder``),
-    solved by :class:`~trustregion.SecularSolver` unless ``solver`` says otherwise.
+    ``JᵀJ``; up to 500 parameters MINPACK's ``lmder`` (what ``method="lm"`` runs),
+    :class:`~trustregion.ScaledTrustRadius` on Moré's scaled step length with
+    :class:`~trustregion.SecularSolver`; above, :class:`~trustregion.LevenbergMarquardt` from
+    ``μ₀ = 10⁻⁶`` with Moré's scaling and the curvature floor, and :class:`~trustregion.SteihaugCG`.
+    A ``solver`` other than :class:`~trustregion.SecularSolver` goes with the damping control;
+    ``control=TrustRadius(gtol=1e-10), solver=DenseSolver()`` suits physics-informed networks
+    (docs/non_rl.md). ``tolerances`` as in :func:`run`.
     Residuals that are not floating-point tensors, or change shape between points, raise a
     one-line error (the parameters are left where they were); non-finite residuals at the start
     end the run with ``RunReason.NONFINITE``. A step costs one residual evaluation at the trial
@@ -290,12 +291,13 @@ def least_squares(
     params = list(params)
     fit = ResidualGaussNewton(residuals, scale)
     size = sum(p.numel() for p in params)
+    gtol = tolerances.get("gtol", Stopping.gtol)
+    if control is None and (solver is None or isinstance(solver, SecularSolver)) and size <= _DENSE_UP_TO:
+        control = ScaledTrustRadius(params=params, gtol=gtol)  # MINPACK's lmder, as scipy's method="lm"
     if solver is None and isinstance(control, ScaledTrustRadius):
         solver = SecularSolver()
     solver = solver or (DenseSolver(equilibrate=True) if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
-    control = control or LevenbergMarquardt(
-        1e-6, gtol=tolerances.get("gtol", Stopping.gtol), scaled=True, curvature_floor=True
-    )
+    control = control or LevenbergMarquardt(1e-6, gtol=gtol, scaled=True, curvature_floor=True)
     optimizer = TrustRegionMinimizer(params, curvature=fit, solver=solver, control=control)
     return run(optimizer, _checked_loss(residuals, scale, params), callback=callback, **tolerances)
 
