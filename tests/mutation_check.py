@@ -527,7 +527,7 @@ MUTANTS = [
     Mutant(
         "least_squares_dense_default_is_the_damping_control",
         "drivers.py",
-        "if control is None and (solver is None or isinstance(solver, SecularSolver)) and size <= _DENSE_UP_TO:",
+        "if control is None and dense and (solver is None or isinstance(solver, SecularSolver)):",
         "if False:",
         ("tests/trustregion/test_drivers.py",),
     ),

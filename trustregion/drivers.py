@@ -291,13 +291,13 @@ def least_squares(
     params = list(params)
     fit = ResidualGaussNewton(residuals, scale)
     size = sum(p.numel() for p in params)
-    gtol = tolerances.get("gtol", Stopping.gtol)
-    if control is None and (solver is None or isinstance(solver, SecularSolver)) and size <= _DENSE_UP_TO:
+    gtol, dense = tolerances.get("gtol", Stopping.gtol), size <= _DENSE_UP_TO
+    if control is None and dense and (solver is None or isinstance(solver, SecularSolver)):
         control = ScaledTrustRadius(params=params, gtol=gtol)  # MINPACK's lmder, as scipy's method="lm"
+    control = control or LevenbergMarquardt(1e-6, gtol=gtol, scaled=True, curvature_floor=True)
     if solver is None and isinstance(control, ScaledTrustRadius):
         solver = SecularSolver()
-    solver = solver or (DenseSolver(equilibrate=True) if size <= _DENSE_UP_TO else SteihaugCG(max_iter=min(size, 250)))
-    control = control or LevenbergMarquardt(1e-6, gtol=gtol, scaled=True, curvature_floor=True)
+    solver = solver or (DenseSolver(equilibrate=True) if dense else SteihaugCG(max_iter=min(size, 250)))
     optimizer = TrustRegionMinimizer(params, curvature=fit, solver=solver, control=control)
     return run(optimizer, _checked_loss(residuals, scale, params), callback=callback, **tolerances)
 
