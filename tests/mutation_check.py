@@ -41,6 +41,7 @@ PRECONDITIONER_TESTS = ("tests/trustregion/test_preconditioners.py",)
 MASK_TESTS = ("tests/agents/test_agent_masks.py",)
 USER_ENV_TESTS = ("tests/agents/test_agent_user_envs.py",)
 NETWORK_TESTS = ("tests/agents/test_agent_networks.py",)
+DISTRIBUTED_TESTS = ("tests/agents/test_agent_distributed.py",)
 
 
 @dataclass(frozen=True)
@@ -530,6 +531,21 @@ MUTANTS = [
         "if control is None and dense and (solver is None or isinstance(solver, SecularSolver)):",
         "if False:",
         ("tests/trustregion/test_drivers.py",),
+    ),
+    # ------------------------------------------------------------------ agents: data-parallel
+    Mutant(
+        "replicated_critic_minibatch_not_scaled_by_the_ranks",
+        "agents/trpo/agent.py",
+        "            minibatch *= self.world_size\n",
+        "            minibatch *= 1\n",
+        DISTRIBUTED_TESTS,
+    ),
+    Mutant(
+        "gathered_reduction_keeps_this_rank_only",
+        "agents/common/distributed.py",
+        "return (rows.amax(dim=0) if maximum else rows.sum(dim=0)).view_as(tensor)",
+        "return (rows.amax(dim=0) if maximum else rows[self.rank]).view_as(tensor)",
+        DISTRIBUTED_TESTS,
     ),
     # ------------------------------------------------------------------ agents: masks, observations, encoders
     Mutant(

@@ -9,7 +9,9 @@ reduced over the ranks before it is used (docs/distributed.md):
   ``Σ_r (n_r / N) x_r``, which is the mean over the global batch of ``N = Σ_r n_r`` transitions
   whatever the shard sizes ``n_r`` (a sum of numerators and counts, not a mean of means);
 * the advantage normalisation's mean and standard deviation, over the global batch;
-* the critic's gradient at every minibatch (every rank takes the same number of minibatches);
+* the critic's data: every rank fits it on the gathered global batch with a shuffle all ranks
+  draw alike (replicated), or all-reduces the gradient of every minibatch (sharded, every rank
+  taking the same number of minibatches);
 * the observation and reward normalisation statistics: each rank's count, mean and ``M2`` since
   the last merge, merged exactly (Chan et al.'s parallel formula) once per rollout;
 * the episode statistics of the logs.
@@ -49,6 +51,10 @@ DEFAULT_TIMEOUT_SECONDS = 600
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _FAILURE_KEY = "trustregion/failure"
 _FAILURE_WAIT = timedelta(seconds=5)
+REPLICATED_CRITIC_MAX_RANKS = 4
+"""The most ranks for which ``value_parallel="auto"`` fits the critic on the gathered batch on every rank."""
+GATHER_REDUCE_BYTES = 1 << 20
+"""Up to this many bytes over all ranks, :meth:`DataParallel.all_reduce` gathers and reduces locally."""
 
 T = TypeVar("T")
 
@@ -137,6 +143,11 @@ def rank_seed(seed: int, rank: int) -> int:
     if rank == 0:
         return seed
     return int(np.random.SeedSequence((seed, rank)).generate_state(1, np.uint32)[0])
+
+
+def shared_seed(seed: int, iteration: int) -> int:
+    """A seed every rank derives alike for ``iteration`` (the replicated critic's shuffles)."""
+    return int(np.random.SeedSequence((seed, iteration, 1)).generate_state(1, np.uint32)[0])
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -278,6 +289,17 @@ class DataParallel:
         return ScaledCurvature(curvature, (count / total) / self.weight)
 
     # ------------------------------------------------------------------ the critic
+    def replicates_critic(self, mode: str, images: bool) -> bool:
+        """Whether every rank fits the critic on the gathered global batch (``value_parallel``).
+
+        ``"auto"`` replicates for up to :data:`REPLICATED_CRITIC_MAX_RANKS` ranks without image
+        observations: there, two collectives per iteration cost less than one per minibatch, while
+        the critic's work on ``world size`` times the rows stays small.
+        """
+        if mode == "auto":
+            return self.world_size <= REPLICATED_CRITIC_MAX_RANKS and not images
+        return mode == "replicated"
+
     def update_value(
         self,
         critic: torch.nn.Module,
@@ -418,11 +440,46 @@ class DataParallel:
         return {name: value - before for name, value, before in zip(names, now, last, strict=True)}
 
     def all_reduce(self, tensor: Tensor, op: Any = None) -> Tensor:
-        """A reduced copy of ``tensor`` (sum by default)."""
-        reduced = tensor.clone()
-        self.collective_bytes += reduced.numel() * reduced.element_size()
-        self._run(lambda: dist.all_reduce(reduced, op=dist.ReduceOp.SUM if op is None else op))
-        return reduced
+        """A reduced copy of ``tensor``: the sum over the ranks, or the maximum with ``op=ReduceOp.MAX``.
+
+        A small tensor (every rank's copy together at most :data:`GATHER_REDUCE_BYTES`) is gathered
+        in one collective and reduced here, in rank order: one round of messages instead of the
+        ring's ``2 (world size - 1)``, which is what a latency-bound all-reduce costs.
+        """
+        maximum = op is not None and op == dist.ReduceOp.MAX
+        if tensor.numel() * tensor.element_size() * self.world_size > GATHER_REDUCE_BYTES:
+            reduced = tensor.clone()
+            self.collective_bytes += reduced.numel() * reduced.element_size()
+            self._run(lambda: dist.all_reduce(reduced, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM))
+            return reduced
+        rows = self.all_gather_flat(tensor)
+        return (rows.amax(dim=0) if maximum else rows.sum(dim=0)).view_as(tensor)
+
+    def all_gather_flat(self, tensor: Tensor) -> Tensor:
+        """Every rank's ``tensor`` flattened, one row per rank in rank order (same shape on every rank)."""
+        flat = tensor.detach().reshape(-1).contiguous()
+        rows = flat.new_empty(self.world_size * flat.numel())
+        self.collective_bytes += flat.numel() * flat.element_size()
+        self._run(lambda: dist.all_gather_single(rows, flat))
+        return rows.view(self.world_size, -1)
+
+    def gather_rows(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Every rank's rows of each tensor, concatenated in rank order; shards may differ in length.
+
+        Two collectives whatever the number of tensors: the shard lengths, then all the columns
+        side by side, padded to the longest shard (carried in a dtype that holds each exactly).
+        """
+        length = len(tensors[0])
+        lengths = [int(n) for n in self.all_gather_flat(torch.tensor([length])).reshape(-1).tolist()]
+        columns = [tensor.reshape(length, -1) for tensor in tensors]
+        carrier = torch.cat(columns, dim=1)
+        padded = F.pad(carrier, (0, 0, 0, max(lengths) - length))
+        rows = self.all_gather_flat(padded).view(self.world_size, max(lengths), -1)
+        whole = torch.cat([rows[rank, :count] for rank, count in enumerate(lengths)])
+        parts = whole.split([column.shape[1] for column in columns], dim=1)
+        return tuple(
+            part.to(tensor.dtype).reshape(-1, *tensor.shape[1:]) for part, tensor in zip(parts, tensors, strict=True)
+        )
 
     def all_gather(self, tensor: Tensor) -> list[Tensor]:
         gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]

@@ -49,7 +49,7 @@ from agents.common.checkpoint import (
 )
 from agents.common.collector import ActionMasks, Collector
 from agents.common.config import UNPRECONDITIONED_CG_ITERS, TRPOConfig, check_integer, env_defaults
-from agents.common.distributed import DataParallel, data_parallel, rank_device, rank_seed
+from agents.common.distributed import DataParallel, data_parallel, rank_device, rank_seed, shared_seed
 from agents.common.env_sources import EnvLike, EnvSource, Wrapper, resolve_env, wrappers_importable
 from agents.common.envs import EnvStack, NormalizeBoxEntries, make_env_stack, make_eval_envs
 from agents.common.logs import CSV_NAME, PLOT_NAME, RunLogger, plot_learning_curve
@@ -611,33 +611,26 @@ class TRPO:
         return torch.randperm(size, generator=self.generator)[:count]
 
     def update_value(self, batch: Batch) -> float:
-        """``value_epochs`` epochs of Adam minibatches on ``(V(s) - R̂)²``; returns the last epoch's mean loss."""
+        """``value_epochs`` epochs of Adam minibatches on ``(V(s) - R̂)²``; returns the last epoch's mean loss.
+
+        In a data-parallel run (``value_parallel``, docs/distributed.md) every rank either fits the
+        critic on the gathered global batch, with minibatches ``world size`` times as large and a
+        shuffle all ranks draw alike (replicated), or on its own shard, all-reducing the gradient
+        of every minibatch (sharded).
+        """
+        config, obs, returns = self.config, batch.obs, batch.returns
+        minibatch, generator = config.value_minibatch_size, self.generator
         if self.parallel is not None:
-            config, data = self.config, (batch.obs, batch.returns)
-            return self.parallel.update_value(
-                self.critic,
-                self.value_optimizer,
-                data,
-                config.value_epochs,
-                config.value_minibatch_size,
-                self.generator,
-            )
-        size = len(batch.obs)
-        minibatch = self.config.value_minibatch_size
-        losses: list[Tensor] = []
-        for _ in range(self.config.value_epochs):
-            order = torch.randperm(size, generator=self.generator)
-            obs, returns = batch.obs[order], batch.returns[order]  # one gather per epoch; minibatches are views
-            epoch_losses = []
-            for start in range(0, size, minibatch):
-                end = start + minibatch
-                loss = F.mse_loss(self.critic(obs[start:end]), returns[start:end])
-                self.value_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.value_optimizer.step()
-                epoch_losses.append(loss.detach())
-            losses = epoch_losses
-        return torch.stack(losses).mean().item() if losses else math.nan
+            images = bool(self.layout.image or self.layout.images)
+            if not self.parallel.replicates_critic(config.value_parallel, images):
+                data = (obs, returns)
+                return self.parallel.update_value(
+                    self.critic, self.value_optimizer, data, config.value_epochs, minibatch, generator
+                )
+            obs, returns = self.parallel.gather_rows(obs, returns)
+            minibatch *= self.world_size
+            generator = torch.Generator().manual_seed(shared_seed(config.seed, self.iteration))
+        return fit_critic(self.critic, self.value_optimizer, (obs, returns), config.value_epochs, minibatch, generator)
 
     def _metrics(self, batch: Batch, step: KLStepResult, value_loss: float) -> dict[str, Any]:
         with torch.no_grad():
@@ -1005,3 +998,30 @@ def environment_error(env_id: str, env_kwargs: dict[str, Any], error: BaseExcept
 def _action_shape(space: Any) -> tuple[int, ...]:
     shape = tuple(space.shape) if space.shape is not None else ()
     return (int(np.prod(shape)),) if len(shape) > 1 else shape
+
+
+def fit_critic(
+    critic: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: tuple[Tensor, Tensor],
+    epochs: int,
+    minibatch: int,
+    generator: torch.Generator,
+) -> float:
+    """``epochs`` shuffled passes of Adam minibatch steps on ``(V(s) - R̂)²``; the last pass's mean loss."""
+    obs, returns = data
+    size = len(obs)
+    losses: list[Tensor] = []
+    for _ in range(epochs):
+        order = torch.randperm(size, generator=generator)
+        shuffled_obs, shuffled_returns = obs[order], returns[order]  # one gather per epoch; minibatches are views
+        epoch_losses = []
+        for start in range(0, size, minibatch):
+            end = start + minibatch
+            loss = F.mse_loss(critic(shuffled_obs[start:end]), shuffled_returns[start:end])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_losses.append(loss.detach())
+        losses = epoch_losses
+    return torch.stack(losses).mean().item() if losses else math.nan

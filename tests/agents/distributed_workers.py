@@ -18,8 +18,9 @@ import torch
 from gymnasium.wrappers.utils import RunningMeanStd
 
 from agents import TRPO
-from agents.common.distributed import DataParallel, TrackedRunningMeanStd, data_parallel
+from agents.common.distributed import DataParallel, TrackedRunningMeanStd, data_parallel, shared_seed
 from agents.common.rollout import Batch
+from agents.trpo.agent import fit_critic
 
 POLICY_CASES: dict[str, dict[str, Any]] = {
     "discrete-gauss-newton-equal": {"env": "CartPole-v1", "size": 64, "first": 32, "curvature": "gauss-newton"},
@@ -64,14 +65,14 @@ def synthetic_batch(agent: TRPO, size: int, seed: int) -> Batch:
     return Batch(obs=obs, actions=actions, advantages=advantages * 3 + 1, returns=returns * 2 + 1, values=values)
 
 
-def policy_case(name: str, part: slice | None = None) -> dict[str, Any]:
+def policy_case(name: str, part: slice | None = None, value_parallel: str = "auto") -> dict[str, Any]:
     """One policy step and three critic epochs on the case's batch, or on its ``part``; the parameters after."""
     case = dict(POLICY_CASES[name])
     size, env = case.pop("size"), case.pop("env")
     case.pop("first")
     # one critic minibatch per epoch on every rank (the whole shard), so the epoch is the global batch's
     settings = {"hidden_sizes": (16, 16), "fisher_fraction": 1.0, "cg_damping": 1.0, "value_epochs": 3}
-    settings["value_minibatch_size"] = 1000
+    settings.update(value_minibatch_size=1000, value_parallel=value_parallel)
     agent = TRPO(env, seed=3, dtype="float64", **settings, **case)
     try:
         batch = synthetic_batch(agent, size, seed=11)
@@ -89,6 +90,42 @@ def policy_case(name: str, part: slice | None = None) -> dict[str, Any]:
         }
     finally:
         agent.close()
+
+
+CRITIC_CASE = {"env": "Pendulum-v1", "size": 50, "first": 17, "minibatch": 6}
+"""The replicated critic with several minibatches per epoch, on a batch split unequally."""
+
+
+def critic_case(part: slice | None = None) -> dict[str, Any]:
+    """Three critic epochs of ``minibatch`` per rank on the critic case's batch, or on its ``part``."""
+    agent = TRPO(
+        CRITIC_CASE["env"], seed=3, dtype="float64", hidden_sizes=(16, 16), value_epochs=3,
+        value_minibatch_size=CRITIC_CASE["minibatch"], value_parallel="replicated",
+    )  # fmt: skip
+    try:
+        batch = synthetic_batch(agent, CRITIC_CASE["size"], seed=12)
+        if part is None:  # the reference: one process, the whole batch, minibatches twice as large, the shared shuffle
+            shuffle = torch.Generator().manual_seed(shared_seed(agent.config.seed, agent.iteration))
+            data, minibatch = (batch.obs, batch.returns), 2 * CRITIC_CASE["minibatch"]
+            value_loss = fit_critic(agent.critic, agent.value_optimizer, data, 3, minibatch, shuffle)
+        else:
+            fields = ("obs", "actions", "advantages", "returns", "values")
+            value_loss = agent.update_value(Batch(*(getattr(batch, f)[part] for f in fields)))
+        return {"critic": [p.detach().clone() for p in agent.critic.parameters()], "value_loss": value_loss}
+    finally:
+        agent.close()
+
+
+def reductions(parallel: DataParallel) -> dict[str, torch.Tensor]:
+    """Sums and maxima over the ranks of tensors below and above the size the gathered reduction takes."""
+    rank = parallel.rank
+    small, large = torch.arange(6.0).reshape(2, 3) * (rank + 1), torch.full((300_000,), rank + 0.5)
+    return {
+        "small_sum": parallel.all_reduce(small),
+        "small_max": parallel.all_reduce(small - 10 * rank, op=torch.distributed.ReduceOp.MAX),
+        "large_sum": parallel.all_reduce(large),
+        "flag": torch.tensor(parallel.any_rank(rank == 1)),
+    }
 
 
 def statistics_batches(rank: int | None) -> list[list[np.ndarray]]:
@@ -155,10 +192,13 @@ def run(total_iterations: int, run_dir: Path, agent: TRPO | None = None) -> dict
 
 
 def scenario_equivalence(parallel: DataParallel) -> dict[str, Any]:
-    results: dict[str, Any] = {"statistics": merged_statistics(parallel)}
+    results: dict[str, Any] = {"statistics": merged_statistics(parallel), "reductions": reductions(parallel)}
     for name, case in POLICY_CASES.items():
-        first = case["first"]
-        results[name] = policy_case(name, slice(0, first) if parallel.rank == 0 else slice(first, None))
+        part = slice(0, case["first"]) if parallel.rank == 0 else slice(case["first"], None)
+        results[name] = policy_case(name, part)
+        results[f"{name}/sharded"] = policy_case(name, part, value_parallel="sharded")
+    first = CRITIC_CASE["first"]
+    results["critic"] = critic_case(slice(0, first) if parallel.rank == 0 else slice(first, None))
     return results
 
 

@@ -112,12 +112,16 @@ def equivalence(runs):
     return runs[1]
 
 
+@pytest.mark.parametrize("value_parallel", ["replicated", "sharded"])
 @pytest.mark.parametrize("case", sorted(workers.POLICY_CASES))
-def test_a_policy_step_and_critic_epochs_split_over_two_ranks_equal_one_process_on_the_whole_batch(equivalence, case):
+def test_a_policy_step_and_critic_epochs_split_over_two_ranks_equal_one_process_on_the_whole_batch(
+    equivalence, case, value_parallel
+):
     reference = workers.policy_case(case)
     assert reference["accepted"]
+    saved = case if value_parallel == "replicated" else f"{case}/sharded"  # replicated: what "auto" picks here
     for rank in range(2):
-        result = equivalence[rank][case]
+        result = equivalence[rank][saved]
         assert (result["accepted"], result["backtracks"]) == (reference["accepted"], reference["backtracks"])
         assert math.isclose(result["loss_before"], reference["loss_before"], rel_tol=1e-10, abs_tol=1e-12)
         assert math.isclose(result["value_loss"], reference["value_loss"], rel_tol=1e-10)
@@ -125,8 +129,32 @@ def test_a_policy_step_and_critic_epochs_split_over_two_ranks_equal_one_process_
             for actual, expected in zip(result[name], reference[name], strict=True):
                 close(actual, expected)
     for name in ("actor", "critic"):  # and the ranks agree bit for bit
-        for first, second in zip(equivalence[0][case][name], equivalence[1][case][name], strict=True):
+        for first, second in zip(equivalence[0][saved][name], equivalence[1][saved][name], strict=True):
             assert torch.equal(first, second)
+
+
+def test_the_replicated_critic_fits_the_gathered_batch_with_minibatches_scaled_by_the_ranks(equivalence):
+    reference = workers.critic_case()
+    for rank in range(2):
+        result = equivalence[rank]["critic"]
+        assert math.isclose(result["value_loss"], reference["value_loss"], rel_tol=1e-10)
+        for actual, expected in zip(result["critic"], reference["critic"], strict=True):
+            close(actual, expected)
+    for first, second in zip(equivalence[0]["critic"]["critic"], equivalence[1]["critic"]["critic"], strict=True):
+        assert torch.equal(first, second)
+
+
+def test_gathered_and_ring_reductions_give_the_sums_and_maxima_over_the_ranks(equivalence):
+    small = torch.arange(6.0).reshape(2, 3)
+    expected = {
+        "small_sum": small * 1 + small * 2,
+        "small_max": torch.maximum(small, small * 2 - 10),
+        "large_sum": torch.full((300_000,), 2.0),
+        "flag": torch.tensor(True),
+    }
+    for rank in range(2):
+        for name, value in expected.items():
+            assert torch.equal(equivalence[rank]["reductions"][name], value), name
 
 
 def test_normalisation_statistics_merged_over_two_ranks_equal_one_process_seeing_all_the_data(equivalence):
