@@ -26,7 +26,8 @@ error after chosen steps and seconds, the steps and seconds to reach 1e-5, and t
 to the reference's time to 1e-5. A plot of error against steps and seconds goes to ``--plot``.
 
 Run: ``python benchmarks/pinn.py`` (3 seeds of [2, 32, 1]); ``--widths 2 64 64 1 --solver steihaug``
-for the larger case; ``--smoke`` for a seconds-long check of the script.
+for the larger case (``--control unscaled-lm --solver steihaug-nystrom-50-2`` is the best
+matrix-free setting measured there); ``--smoke`` for a seconds-long check of the script.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def run_ours(problem, args: argparse.Namespace, seed: int) -> Trace:
         options.setdefault("solver", trustregion.DenseSolver())
     elif args.control == "scaled-trust-radius":  # Levenberg-Marquardt's trust-region formulation (SecularSolver)
         options["control"] = trustregion.ScaledTrustRadius(params=problem.params, gtol=1e-8)
+    elif args.control == "unscaled-lm":  # no diagonal to estimate: a matrix-free step costs its products only
+        options["control"] = trustregion.LevenbergMarquardt(1e-6, scaled=False, curvature_floor=True)
 
     def callback(_step: trustregion.StepResult) -> bool:
         record()
@@ -142,7 +145,13 @@ def make_solver(name: str, problem) -> trustregion.Solver:
         return trustregion.SteihaugCG(max_iter=min(size, 250))
     if name == "steihaug-jacobi":
         return trustregion.SteihaugCG(max_iter=min(size, 250), preconditioner=trustregion.Jacobi())
-    raise ValueError(f"--solver must be default, dense, steihaug or steihaug-jacobi (got {name!r})")
+    if name.startswith("steihaug-nystrom"):  # steihaug-nystrom[-RANK[-EVERY]]
+        rank, every = (int(part) for part in [*name.split("-")[2:], "100", "5"][:2])
+        preconditioner = trustregion.Nystrom(rank=rank, every=every)
+        return trustregion.SteihaugCG(max_iter=min(size, 250), preconditioner=preconditioner)
+    raise ValueError(
+        f"--solver must be default, dense, steihaug, steihaug-jacobi or steihaug-nystrom[-RANK[-EVERY]] (got {name!r})"
+    )
 
 
 def jacobian(residuals: Callable[..., torch.Tensor], params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,11 +304,16 @@ def main(argv: list[str] | None = None) -> list[Trace]:
     parser.add_argument("--widths", type=int, nargs="+", default=[2, 32, 1], help="layer widths (default 2 32 1)")
     parser.add_argument("--grid", type=int, default=30, help="interior grid size and points per side (default 30)")
     parser.add_argument("--steps", type=int, default=200, help="steps of ours and of the reference (default 200)")
-    parser.add_argument("--solver", default="default", help="ours: default, dense, steihaug, steihaug-jacobi")
+    parser.add_argument(
+        "--solver",
+        default="default",
+        help="ours: default, dense, steihaug, steihaug-jacobi, steihaug-nystrom[-RANK[-EVERY]] (rank 100, every 5)",
+    )
     parser.add_argument(
         "--control",
         default="default",
-        help="ours: default, trust-radius (with the dense solver) or scaled-trust-radius (with SecularSolver)",
+        help="ours: default, trust-radius (with the dense solver), scaled-trust-radius (with SecularSolver) "
+        "or unscaled-lm (Levenberg-Marquardt without Moré's scaling)",
     )
     parser.add_argument("--seconds", type=float, default=math.inf, help="CPU seconds of ours and engd")
     parser.add_argument("--baseline-seconds", type=float, default=60.0, help="Adam's, L-BFGS's CPU seconds (0: none)")

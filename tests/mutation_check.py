@@ -37,7 +37,7 @@ CURVATURE_TESTS = ("tests/trustregion/curvature", "tests/trustregion/test_distri
 MATRIX_TESTS = ("tests/trustregion/test_matrix.py",)
 CONTRACT_TESTS = ("tests/trustregion/test_optimizer_contract.py",)
 SUBPROBLEM_TESTS = ("tests/trustregion/solvers/test_subproblem.py",)
-PRECONDITIONER_TESTS = ("tests/trustregion/test_preconditioners.py",)
+PRECONDITIONER_TESTS = ("tests/trustregion/test_preconditioners.py", "tests/trustregion/test_nystrom.py")
 MASK_TESTS = ("tests/agents/test_agent_masks.py",)
 USER_ENV_TESTS = ("tests/agents/test_agent_user_envs.py",)
 NETWORK_TESTS = ("tests/agents/test_agent_networks.py",)
@@ -531,6 +531,13 @@ MUTANTS = [
         "if control is None and dense and (solver is None or isinstance(solver, SecularSolver)):",
         "if False:",
         ("tests/trustregion/test_drivers.py",),
+    ),
+    Mutant(
+        "nystrom_sketch_keeps_the_damping",
+        "preconditioners.py",
+        "dim=1) - shift[:, None] * sketch_basis",
+        "dim=1)",
+        PRECONDITIONER_TESTS,
     ),
     # ------------------------------------------------------------------ agents: data-parallel
     Mutant(

@@ -40,7 +40,7 @@ from trustregion.outputs import (
     OutputFisher,
     SquaredError,
 )
-from trustregion.preconditioners import KFAC, Jacobi, Preconditioner
+from trustregion.preconditioners import KFAC, Jacobi, Nystrom, Preconditioner
 from trustregion.result import KLStepResult, RadiusStepResult, Reason, StepResult
 from trustregion.search import BacktrackingLineSearch, LineSearch, NoLineSearch
 from trustregion.solvers import ConjugateGradient, DenseSolver, Solver, SteihaugCG
@@ -68,6 +68,7 @@ __all__ = [
     "LinearOperator",
     "MultiCategoricalFisher",
     "NoLineSearch",
+    "Nystrom",
     "OutputFisher",
     "Preconditioner",
     "PureClosure",

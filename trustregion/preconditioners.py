@@ -12,6 +12,9 @@ step's operator knows about itself (:meth:`~trustregion.LinearOperator.exact_dia
   of the backpropagated Fisher square root, no products), otherwise a Hutchinson estimate.
 * :class:`KFAC`: ``P = G ⊗ Ā + μI`` per linear layer (Martens & Grosse, 2015), inverted exactly in
   the factors' eigenbases, and ``diag(A) + μ`` for every other parameter (a log-std, say).
+* :class:`Nystrom`: a randomized low-rank approximation of ``A`` from ``rank`` products (Frangella,
+  Tropp & Udell, 2023); needs nothing from the operator but its products, so it serves any
+  positive semi-definite curvature, a residual that differentiates the network included.
 """
 
 from __future__ import annotations
@@ -128,6 +131,94 @@ class _KroneckerInverse:
             solved = output_basis @ ((output_basis.t() @ block @ input_basis) / denominator) @ input_basis.t()
             _scatter(result, solved, layer, in_size)
         return result
+
+
+class Nystrom(Preconditioner):
+    """``P = U Λ Uᵀ + λ_ℓ (I - U Uᵀ) + μ`` from a rank-``ℓ`` randomized Nyström approximation ``U Λ Uᵀ ≈ A``.
+
+    The sketch (Frangella, Tropp & Udell, "Randomized Nyström preconditioning", SIAM J. Matrix
+    Anal. Appl. 2023, Algorithms 2.1 and 5.3): ``Y = A Ω`` for an orthonormal Gaussian ``Ω`` of
+    ``ℓ = rank`` columns (``ℓ`` products, the damping taken off), shifted by ``ν = √n ε ‖Y‖`` for
+    stability, then ``Â = Y (Ωᵀ Y)⁻¹ Yᵀ`` through a Cholesky factor and a thin SVD. ``P`` matches
+    ``A + μ`` on the ``ℓ`` directions of largest curvature and is ``λ_ℓ + μ`` on the rest (``λ_ℓ``
+    bounds what the sketch missed), so for a number ``μ`` the spectrum of ``P⁻¹(A + μ)`` lies in
+    ``[μ / (λ_ℓ + μ), 1]`` up to the sketch's error. ``μ`` is the operator's damping
+    (:attr:`~trustregion.LinearOperator.shift`), a number or a vector (Moré's scaled
+    Levenberg-Marquardt); ``P⁻¹`` is applied exactly by the Woodbury identity (an ``ℓ × ℓ`` solve
+    per build).
+
+    Args:
+        rank: ``ℓ``, the products one sketch costs (at most the number of parameters is used).
+        every: sketch anew at every ``every``-th build and reuse the last sketch in between,
+            with the current damping: products saved, ``P`` still positive definite.
+        seed: seed of the sketches' Gaussian draws.
+    """
+
+    def __init__(self, rank: int = 64, every: int = 1, seed: int = 0) -> None:
+        self.rank = check_integer("rank", rank, 1, "e.g. 64")
+        self.every = check_integer("every", every, 1, "1 sketches at every build")
+        self.seed = check_integer("seed", seed, 0, "e.g. 0")
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._builds = 0
+        self._sketch: tuple[Tensor, Tensor] | None = None
+
+    def build(self, operator: LinearOperator, like: Tensor) -> Apply:
+        if not operator.positive_semidefinite:
+            raise ValueError("preconditioner=Nystrom() needs a positive semi-definite curvature; use Jacobi() instead")
+        shift = torch.as_tensor(operator.shift, dtype=like.dtype, device=like.device).expand(like.shape)
+        sketch = self._sketch
+        if sketch is None or sketch[0].shape[0] != operator.dim or sketch[0].dtype != like.dtype:
+            self._builds = 0
+        if self._builds % self.every == 0:
+            self._sketch = sketch = _nystrom_sketch(operator, shift, self.rank, self._generator, like)
+        self._builds += 1
+        return _woodbury_inverse(*sketch, shift)
+
+    def __repr__(self) -> str:
+        return f"Nystrom(rank={self.rank}, every={self.every}, seed={self.seed})"
+
+
+def _nystrom_sketch(
+    operator: LinearOperator, shift: Tensor, rank: int, generator: torch.Generator, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(U, Λ)`` of the rank-``ℓ`` Nyström approximation of ``A = operator - diag(shift)``; ``Λ`` descending."""
+    size = min(rank, operator.dim)
+    draws = torch.randn(operator.dim, size, generator=generator, dtype=torch.float64).to(like)
+    sketch_basis = torch.linalg.qr(draws).Q
+    products = torch.stack([operator(column) for column in sketch_basis.t()], dim=1) - shift[:, None] * sketch_basis
+    nu = math.sqrt(operator.dim) * torch.finfo(like.dtype).eps * torch.linalg.matrix_norm(products, 2).item()
+    for _ in range(8):  # a curvature PSD only up to rounding may need a larger ν
+        shifted = products + nu * sketch_basis
+        factor, info = torch.linalg.cholesky_ex(sketch_basis.t() @ shifted)
+        if info.item() == 0:
+            break
+        nu = max(10 * nu, torch.finfo(like.dtype).tiny)
+    else:
+        raise ValueError("preconditioner=Nystrom() found the curvature indefinite; use Jacobi() instead")
+    factored = torch.linalg.solve_triangular(factor, shifted.t(), upper=False).t()
+    basis, singular, _ = torch.linalg.svd(factored, full_matrices=False)
+    return basis, (singular.square() - nu).clamp(min=0)
+
+
+def _woodbury_inverse(basis: Tensor, values: Tensor, shift: Tensor) -> Apply:
+    """``r -> P⁻¹ r`` for ``P = B + U C Uᵀ`` with ``B = diag(shift) + λ_ℓ`` and ``C = Λ - λ_ℓ ≥ 0``.
+
+    ``P⁻¹ = B⁻¹ - B⁻¹ U C (I + Uᵀ B⁻¹ U C)⁻¹ Uᵀ B⁻¹``; ``B`` is floored at ``ε λ₁`` so that it stays invertible.
+    """
+    rest = values[-1]
+    floor = max(values[0].item() * torch.finfo(values.dtype).eps, torch.finfo(values.dtype).tiny)
+    inverse_base = 1.0 / (shift + rest).clamp(min=floor)
+    excess = values - rest
+    inner = torch.eye(len(values), dtype=values.dtype, device=values.device)
+    inner = inner + (basis.t() @ (inverse_base[:, None] * basis)) * excess[None, :]
+    factors = torch.linalg.lu_factor(inner)
+
+    def apply(residual: Tensor) -> Tensor:
+        scaled = inverse_base * residual
+        solved = torch.linalg.lu_solve(*factors, (basis.t() @ scaled)[:, None])[:, 0]
+        return scaled - inverse_base * (basis @ (excess * solved))
+
+    return apply
 
 
 PreconditionerLike = Preconditioner | Apply

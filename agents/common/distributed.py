@@ -25,6 +25,7 @@ products, critic gradients) go through nccl and CPU ones (statistics, checksums)
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -85,7 +86,9 @@ def data_parallel(device: str | torch.device = "cpu") -> DataParallel | None:
 
     ``None`` in a single process (no group, or a group of one rank). A group the caller initialised
     (Ray Train, a script's own ``init_process_group``) is used as it is. ``device`` is the
-    networks': on CUDA the group gets nccl for CUDA tensors beside gloo for CPU ones.
+    networks': on CUDA the group gets nccl for CUDA tensors beside gloo for CPU ones. A group
+    initialised here is destroyed at the interpreter's exit (``atexit``), before the backend's
+    threads would outlive the interpreter and abort the process.
     """
     if not dist.is_available():
         return None
@@ -93,6 +96,7 @@ def data_parallel(device: str | torch.device = "cpu") -> DataParallel | None:
         if not launched():
             return None
         _initialise(process_group_backend(device))
+        atexit.register(release_process_group)
     if dist.get_world_size() == 1:
         return None
     return DataParallel()
