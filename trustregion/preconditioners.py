@@ -147,6 +147,9 @@ class Nystrom(Preconditioner):
     Levenberg-Marquardt); ``P⁻¹`` is applied exactly by the Woodbury identity (an ``ℓ × ℓ`` solve
     per build).
 
+    An instance keeps its last sketch and its random draws, so give each optimizer its own. Neither
+    is part of an optimizer's ``state_dict``: a resumed run sketches anew at its first step.
+
     Args:
         rank: ``ℓ``, the products one sketch costs (at most the number of parameters is used).
         every: sketch anew at every ``every``-th build and reuse the last sketch in between,

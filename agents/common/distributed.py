@@ -451,6 +451,8 @@ class DataParallel:
         ring's ``2 (world size - 1)``, which is what a latency-bound all-reduce costs.
         """
         maximum = op is not None and op == dist.ReduceOp.MAX
+        if op is not None and not maximum and op != dist.ReduceOp.SUM:
+            raise ValueError(f"op must be ReduceOp.SUM or ReduceOp.MAX (got {op})")
         if tensor.numel() * tensor.element_size() * self.world_size > GATHER_REDUCE_BYTES:
             reduced = tensor.clone()
             self.collective_bytes += reduced.numel() * reduced.element_size()
