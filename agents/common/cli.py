@@ -93,7 +93,7 @@ FIELD_HELP: dict[str, str] = {
     "value_lr": "learning rate of the critic's Adam",
     "value_epochs": "critic epochs per iteration",
     "value_minibatch_size": "critic minibatch size (per process in a data-parallel run)",
-    "value_parallel": "data-parallel critic: replicated (on the gathered batch), sharded (all-reduce per minibatch)",
+    "value_parallel": "data-parallel critic: sharded (all-reduce per minibatch) or replicated (on the gathered batch)",
     "dtype": "floating-point type of the networks and the policy step",
     "torch_threads": "torch CPU threads; 0 leaves torch's setting alone",
     "checkpoint_interval": "iterations between checkpoints; one is also written at the end and on interrupt",

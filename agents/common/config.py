@@ -18,7 +18,7 @@ PRECONDITIONERS = ("none", "jacobi", "kfac")
 VECTORIZATION_MODES = ("sync", "async", "vector_entry_point")
 DTYPES = ("float32", "float64")
 ACTIVATIONS = ("tanh", "relu")
-VALUE_PARALLEL_MODES = ("auto", "replicated", "sharded")
+VALUE_PARALLEL_MODES = ("sharded", "replicated")
 CUSTOM_PARTS = ("env", "wrappers", "actor", "critic")
 """Parts of a run that can come as Python objects a config cannot rebuild (``load`` then needs them again)."""
 
@@ -66,7 +66,7 @@ class TRPOConfig:
     value_lr: float = 1e-3
     value_epochs: int = 10
     value_minibatch_size: int = 256
-    value_parallel: str = "auto"
+    value_parallel: str = "sharded"
     # runtime
     device: str = "cpu"
     dtype: str = "float32"

@@ -9,9 +9,9 @@ reduced over the ranks before it is used (docs/distributed.md):
   ``Σ_r (n_r / N) x_r``, which is the mean over the global batch of ``N = Σ_r n_r`` transitions
   whatever the shard sizes ``n_r`` (a sum of numerators and counts, not a mean of means);
 * the advantage normalisation's mean and standard deviation, over the global batch;
-* the critic's data: every rank fits it on the gathered global batch with a shuffle all ranks
-  draw alike (replicated), or all-reduces the gradient of every minibatch (sharded, every rank
-  taking the same number of minibatches);
+* the critic's gradient at every minibatch (sharded, every rank taking the same number of
+  minibatches), or its data: every rank fits it on the gathered global batch with a shuffle all
+  ranks draw alike (replicated);
 * the observation and reward normalisation statistics: each rank's count, mean and ``M2`` since
   the last merge, merged exactly (Chan et al.'s parallel formula) once per rollout;
 * the episode statistics of the logs.
@@ -52,8 +52,6 @@ DEFAULT_TIMEOUT_SECONDS = 600
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _FAILURE_KEY = "trustregion/failure"
 _FAILURE_WAIT = timedelta(seconds=5)
-REPLICATED_CRITIC_MAX_RANKS = 4
-"""The most ranks for which ``value_parallel="auto"`` fits the critic on the gathered batch on every rank."""
 GATHER_REDUCE_BYTES = 1 << 20
 """Up to this many bytes over all ranks, :meth:`DataParallel.all_reduce` gathers and reduces locally."""
 
@@ -293,17 +291,6 @@ class DataParallel:
         return ScaledCurvature(curvature, (count / total) / self.weight)
 
     # ------------------------------------------------------------------ the critic
-    def replicates_critic(self, mode: str, images: bool) -> bool:
-        """Whether every rank fits the critic on the gathered global batch (``value_parallel``).
-
-        ``"auto"`` replicates for up to :data:`REPLICATED_CRITIC_MAX_RANKS` ranks without image
-        observations: there, two collectives per iteration cost less than one per minibatch, while
-        the critic's work on ``world size`` times the rows stays small.
-        """
-        if mode == "auto":
-            return self.world_size <= REPLICATED_CRITIC_MAX_RANKS and not images
-        return mode == "replicated"
-
     def update_value(
         self,
         critic: torch.nn.Module,

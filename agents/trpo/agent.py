@@ -614,15 +614,14 @@ class TRPO:
         """``value_epochs`` epochs of Adam minibatches on ``(V(s) - R̂)²``; returns the last epoch's mean loss.
 
         In a data-parallel run (``value_parallel``, docs/distributed.md) every rank either fits the
-        critic on the gathered global batch, with minibatches ``world size`` times as large and a
-        shuffle all ranks draw alike (replicated), or on its own shard, all-reducing the gradient
-        of every minibatch (sharded).
+        critic on its own shard, all-reducing the gradient of every minibatch (sharded), or on the
+        gathered global batch, with minibatches ``world size`` times as large and a shuffle all
+        ranks draw alike (replicated).
         """
         config, obs, returns = self.config, batch.obs, batch.returns
         minibatch, generator = config.value_minibatch_size, self.generator
         if self.parallel is not None:
-            images = bool(self.layout.image or self.layout.images)
-            if not self.parallel.replicates_critic(config.value_parallel, images):
+            if config.value_parallel == "sharded":
                 data = (obs, returns)
                 return self.parallel.update_value(
                     self.critic, self.value_optimizer, data, config.value_epochs, minibatch, generator

@@ -65,7 +65,7 @@ def synthetic_batch(agent: TRPO, size: int, seed: int) -> Batch:
     return Batch(obs=obs, actions=actions, advantages=advantages * 3 + 1, returns=returns * 2 + 1, values=values)
 
 
-def policy_case(name: str, part: slice | None = None, value_parallel: str = "auto") -> dict[str, Any]:
+def policy_case(name: str, part: slice | None = None, value_parallel: str = "sharded") -> dict[str, Any]:
     """One policy step and three critic epochs on the case's batch, or on its ``part``; the parameters after."""
     case = dict(POLICY_CASES[name])
     size, env = case.pop("size"), case.pop("env")
@@ -196,7 +196,7 @@ def scenario_equivalence(parallel: DataParallel) -> dict[str, Any]:
     for name, case in POLICY_CASES.items():
         part = slice(0, case["first"]) if parallel.rank == 0 else slice(case["first"], None)
         results[name] = policy_case(name, part)
-        results[f"{name}/sharded"] = policy_case(name, part, value_parallel="sharded")
+        results[f"{name}/replicated"] = policy_case(name, part, value_parallel="replicated")
     first = CRITIC_CASE["first"]
     results["critic"] = critic_case(slice(0, first) if parallel.rank == 0 else slice(first, None))
     return results

@@ -119,7 +119,7 @@ def test_a_policy_step_and_critic_epochs_split_over_two_ranks_equal_one_process_
 ):
     reference = workers.policy_case(case)
     assert reference["accepted"]
-    saved = case if value_parallel == "replicated" else f"{case}/sharded"  # replicated: what "auto" picks here
+    saved = case if value_parallel == "sharded" else f"{case}/replicated"  # sharded: the default
     for rank in range(2):
         result = equivalence[rank][saved]
         assert (result["accepted"], result["backtracks"]) == (reference["accepted"], reference["backtracks"])
