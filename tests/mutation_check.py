@@ -550,8 +550,8 @@ MUTANTS = [
     Mutant(
         "gathered_reduction_keeps_this_rank_only",
         "agents/common/distributed.py",
-        "return (rows.amax(dim=0) if maximum else rows.sum(dim=0)).view_as(tensor)",
-        "return (rows.amax(dim=0) if maximum else rows[self.rank]).view_as(tensor)",
+        "return (rows.amax(dim=0) if op == dist.ReduceOp.MAX else rows.sum(dim=0)).view_as(tensor)",
+        "return (rows.amax(dim=0) if op == dist.ReduceOp.MAX else rows[self.rank]).view_as(tensor)",
         DISTRIBUTED_TESTS,
     ),
     # ------------------------------------------------------------------ agents: masks, observations, encoders

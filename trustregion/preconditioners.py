@@ -118,7 +118,7 @@ class _KroneckerInverse:
     """``r -> P⁻¹ r`` for the K-FAC ``P``: eigenbases per layer, a diagonal for the rest."""
 
     def __init__(self, factors: KroneckerFactors, shift: float | Tensor, floor: float, like: Tensor) -> None:
-        shift_vector = torch.as_tensor(shift, dtype=like.dtype, device=like.device).expand(like.shape)
+        shift_vector = _shift_vector(shift, like)
         diagonal = factors.diagonal.to(like) + shift_vector
         self.inverse_diagonal = 1.0 / diagonal.clamp(min=max(floor * diagonal.abs().max().item(), 1e-300))
         self.layers = [_eigen_layer(layer, shift_vector, floor, like) for layer in factors.layers]
@@ -131,6 +131,40 @@ class _KroneckerInverse:
             solved = output_basis @ ((output_basis.t() @ block @ input_basis) / denominator) @ input_basis.t()
             _scatter(result, solved, layer, in_size)
         return result
+
+
+def _shift_vector(shift: float | Tensor, like: Tensor) -> Tensor:
+    """The operator's damping ``μ`` (a number or a diagonal) as a vector like ``like``."""
+    return torch.as_tensor(shift, dtype=like.dtype, device=like.device).expand(like.shape)
+
+
+PreconditionerLike = Preconditioner | Apply
+"""What a solver's ``preconditioner=`` takes: a :class:`Preconditioner`, or a fixed ``r -> P⁻¹ r``."""
+
+
+def _eigen_layer(layer: KroneckerLayer, shift: Tensor, floor: float, like: Tensor):
+    input_values, input_basis = torch.linalg.eigh(layer.input_factor.to(like))
+    output_values, output_basis = torch.linalg.eigh(layer.output_factor.to(like))
+    products = output_values.clamp(min=0).unsqueeze(1) * input_values.clamp(min=0).unsqueeze(0)
+    entries = [shift[layer.weight]] + ([] if layer.bias is None else [shift[layer.bias]])
+    damping = max(torch.cat(entries).mean().item(), floor * products.max().item(), 1e-300)
+    return layer, (output_basis, input_basis, products + damping)
+
+
+def _gather(vector: Tensor, layer: KroneckerLayer, out_size: int, in_size: int) -> Tensor:
+    """The layer's ``[V_W, v_b]`` as an ``out × in`` matrix (``in`` counts the bias column)."""
+    weight = vector[layer.weight].view(out_size, -1)
+    if layer.bias is None:
+        return weight
+    return torch.cat([weight, vector[layer.bias].unsqueeze(1)], dim=1)
+
+
+def _scatter(vector: Tensor, block: Tensor, layer: KroneckerLayer, in_size: int) -> None:
+    if layer.bias is None:
+        vector[layer.weight] = block.reshape(-1)
+        return
+    vector[layer.weight] = block[:, :-1].reshape(-1)
+    vector[layer.bias] = block[:, -1]
 
 
 class Nystrom(Preconditioner):
@@ -168,7 +202,7 @@ class Nystrom(Preconditioner):
     def build(self, operator: LinearOperator, like: Tensor) -> Apply:
         if not operator.positive_semidefinite:
             raise ValueError("preconditioner=Nystrom() needs a positive semi-definite curvature; use Jacobi() instead")
-        shift = torch.as_tensor(operator.shift, dtype=like.dtype, device=like.device).expand(like.shape)
+        shift = _shift_vector(operator.shift, like)
         sketch = self._sketch
         if sketch is None or sketch[0].shape[0] != operator.dim or sketch[0].dtype != like.dtype:
             self._builds = 0
@@ -222,35 +256,6 @@ def _woodbury_inverse(basis: Tensor, values: Tensor, shift: Tensor) -> Apply:
         return scaled - inverse_base * (basis @ (excess * solved))
 
     return apply
-
-
-PreconditionerLike = Preconditioner | Apply
-"""What a solver's ``preconditioner=`` takes: a :class:`Preconditioner`, or a fixed ``r -> P⁻¹ r``."""
-
-
-def _eigen_layer(layer: KroneckerLayer, shift: Tensor, floor: float, like: Tensor):
-    input_values, input_basis = torch.linalg.eigh(layer.input_factor.to(like))
-    output_values, output_basis = torch.linalg.eigh(layer.output_factor.to(like))
-    products = output_values.clamp(min=0).unsqueeze(1) * input_values.clamp(min=0).unsqueeze(0)
-    entries = [shift[layer.weight]] + ([] if layer.bias is None else [shift[layer.bias]])
-    damping = max(torch.cat(entries).mean().item(), floor * products.max().item(), 1e-300)
-    return layer, (output_basis, input_basis, products + damping)
-
-
-def _gather(vector: Tensor, layer: KroneckerLayer, out_size: int, in_size: int) -> Tensor:
-    """The layer's ``[V_W, v_b]`` as an ``out × in`` matrix (``in`` counts the bias column)."""
-    weight = vector[layer.weight].view(out_size, -1)
-    if layer.bias is None:
-        return weight
-    return torch.cat([weight, vector[layer.bias].unsqueeze(1)], dim=1)
-
-
-def _scatter(vector: Tensor, block: Tensor, layer: KroneckerLayer, in_size: int) -> None:
-    if layer.bias is None:
-        vector[layer.weight] = block.reshape(-1)
-        return
-    vector[layer.weight] = block[:, :-1].reshape(-1)
-    vector[layer.bias] = block[:, -1]
 
 
 def preconditioning(preconditioner: PreconditionerLike | None, operator: LinearOperator, like: Tensor) -> Apply | None:

@@ -437,16 +437,16 @@ class DataParallel:
         in one collective and reduced here, in rank order: one round of messages instead of the
         ring's ``2 (world size - 1)``, which is what a latency-bound all-reduce costs.
         """
-        maximum = op is not None and op == dist.ReduceOp.MAX
-        if op is not None and not maximum and op != dist.ReduceOp.SUM:
+        op = dist.ReduceOp.SUM if op is None else op
+        if op not in (dist.ReduceOp.SUM, dist.ReduceOp.MAX):
             raise ValueError(f"op must be ReduceOp.SUM or ReduceOp.MAX (got {op})")
         if tensor.numel() * tensor.element_size() * self.world_size > GATHER_REDUCE_BYTES:
             reduced = tensor.clone()
             self.collective_bytes += reduced.numel() * reduced.element_size()
-            self._run(lambda: dist.all_reduce(reduced, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM))
+            self._run(lambda: dist.all_reduce(reduced, op=op))
             return reduced
         rows = self.all_gather_flat(tensor)
-        return (rows.amax(dim=0) if maximum else rows.sum(dim=0)).view_as(tensor)
+        return (rows.amax(dim=0) if op == dist.ReduceOp.MAX else rows.sum(dim=0)).view_as(tensor)
 
     def all_gather_flat(self, tensor: Tensor) -> Tensor:
         """Every rank's ``tensor`` flattened, one row per rank in rank order (same shape on every rank)."""
