@@ -164,6 +164,12 @@ def ours_preconditioned(setting: Setting, preconditioners: list[str], cg_iters: 
     }
 
 
+def ours_fisher_subsampled(setting: Setting, fractions: list[float]) -> dict[str, dict[str, Any]]:
+    """Our defaults with the curvature built on each share of the batch (``--fisher-fraction``), by row label."""
+    defaults = ours_defaults(setting)
+    return {f"ours (fisher {fraction:g})": {**defaults, "fisher_fraction": fraction} for fraction in fractions}
+
+
 def ours_vectorized(setting: Setting, modes: list[str]) -> dict[str, dict[str, Any]]:
     """Our defaults in each vectorization mode (``--vectorization-mode``), by row label.
 
@@ -446,6 +452,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cg-iters", nargs="+", type=int, help="CG caps of those extra rows (default: env default)")
     parser.add_argument(
+        "--fisher-fraction",
+        nargs="+",
+        type=float,
+        default=[],
+        help="also time ours (defaults) with the curvature on each of these shares of the batch",
+    )
+    parser.add_argument(
         "--vectorization-mode",
         nargs="+",
         choices=VECTORIZATION_MODES,
@@ -467,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.preconditioner or args.cg_iters:
             cg_iters = args.cg_iters or [TRPOConfig.for_env(env).cg_iters]
             extra |= ours_preconditioned(setting, args.preconditioner or ["none"], cg_iters)
+        extra |= ours_fisher_subsampled(setting, args.fisher_fraction)
         results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads, extra)
         print_table(env, setting, results)
 

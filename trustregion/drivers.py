@@ -274,7 +274,8 @@ def least_squares(
     """Minimise ``½ scale ‖residuals(*params)‖²`` by Levenberg-Marquardt (``scipy.optimize.least_squares``).
 
     ``residuals(*params)`` is a pure function of the parameter tensors (as
-    :class:`~trustregion.ResidualGaussNewton` takes it). Defaults: the Gauss-Newton matrix
+    :class:`~trustregion.ResidualGaussNewton` takes it), or a closure that reads them
+    itself (``lambda *_: model(x) - y`` with ``params = model.parameters()``). Defaults: the Gauss-Newton matrix
     ``JᵀJ``; up to 500 parameters MINPACK's ``lmder`` (what ``method="lm"`` runs),
     :class:`~trustregion.ScaledTrustRadius` on Moré's scaled step length with
     :class:`~trustregion.SecularSolver`; above, :class:`~trustregion.LevenbergMarquardt` from

@@ -195,6 +195,40 @@ def test_bad_residuals_raise_one_clear_error_and_leave_the_parameters(residuals,
     assert torch.equal(x.detach(), saved)
 
 
+def test_residuals_that_read_the_module_fit_it_as_residuals_taking_the_parameters_do() -> None:
+    torch.manual_seed(0)
+    inputs = torch.randn(30, 3, dtype=torch.float64)
+    targets = torch.tanh(inputs @ torch.tensor([[0.5], [-1.0], [2.0]], dtype=torch.float64) + 0.1)
+    fits = []
+    for closure_style in (True, False):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Tanh()).double()
+        names = [name for name, _ in model.named_parameters()]
+
+        def through_arguments(*params: torch.Tensor, model=model, names=names) -> torch.Tensor:
+            return (
+                torch.func.functional_call(model, dict(zip(names, params, strict=True)), (inputs,)) - targets
+            ).squeeze(-1)
+
+        def reading_the_module(*_: torch.Tensor, model=model) -> torch.Tensor:
+            return (model(inputs) - targets).squeeze(-1)
+
+        result = least_squares(reading_the_module if closure_style else through_arguments, model.parameters())
+        assert result.success and result.loss < 1e-12
+        fits.append((result.steps, [p.detach().clone() for p in model.parameters()]))
+    assert fits[0][0] == fits[1][0]
+    for a, b in zip(fits[0][1], fits[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_residuals_of_a_copy_of_the_parameters_raise_one_clear_error() -> None:
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    copy = x.detach().clone().requires_grad_()
+    with pytest.raises(ValueError, match="does not depend on the optimized parameters"):
+        least_squares(lambda *_: copy - 3.0, [x])
+    assert torch.equal(x.detach(), torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
 def test_non_finite_residuals_at_the_start_end_the_run_with_a_reason() -> None:
     x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
     with warnings.catch_warnings():

@@ -49,7 +49,10 @@ class GaussNewton(Curvature):
     Args:
         outputs: ``outputs(*params) -> z``, a pure function of the optimized
             tensors (in the optimizer's order) returning a tensor or a tuple of
-            tensors whose first dimension is the batch. See :meth:`for_module`.
+            tensors whose first dimension is the batch. It is called with the
+            parameters themselves, so a function that ignores its arguments and
+            reads them directly (through the module that holds them) gives the
+            same operator. See :meth:`for_module`.
         fisher: the output Fisher ``M``.
     """
 
@@ -130,8 +133,8 @@ class GaussNewton(Curvature):
         self._check_params(params)
         linearisation = self._layerwise_linearisation(params)
         if linearisation is None:
-            leaves = [p.detach().requires_grad_() for p in params]
-            with torch.enable_grad():
+            leaves = [p if p.requires_grad and p.is_leaf else p.detach().requires_grad_() for p in params]
+            with torch.enable_grad():  # the parameters themselves: a function that reads them directly also works
                 linearisation = _Linearisation(self.outputs(*leaves), leaves)
         return linearisation
 
@@ -249,6 +252,11 @@ class _Linearisation:
             else [None] * len(leaves)
         )
         self._linked = [i for i, row in enumerate(transposed) if row is not None and row.requires_grad]
+        if self._outputs and not self._linked:
+            raise ValueError(
+                "outputs(*params) (residuals(*params)) does not depend on the optimized parameters: compute it from "
+                "the tensors it is given, or from the module whose parameters the optimizer holds"
+            )
         self._transposed = [transposed[i] for i in self._linked]
 
     def jacobian_product(self, vector_parts: list[Tensor]) -> object:

@@ -41,7 +41,9 @@ class ResidualGaussNewton(Curvature):
     Args:
         residuals: ``residuals(*params) -> r``, a pure function of the optimized
             tensors (in the optimizer's order) returning a tensor of any shape
-            (or a tuple of tensors, concatenated in the loss).
+            (or a tuple of tensors, concatenated in the loss). It may also ignore
+            its arguments and read the parameters directly, as a closure over an
+            ``nn.Module`` does; a function of neither raises a one-line error.
         scale: ``c > 0``; ``1/N`` makes ``L`` the half mean squared residual.
     """
 
