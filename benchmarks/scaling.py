@@ -13,7 +13,8 @@ rank collecting the configured batch, so an iteration of two processes is twice 
 * collectives: per iteration of two processes, their number, the bytes rank 0 sent into them and
   the time it spent inside them (waiting for the other rank included);
 * the machine's ceiling: two independent single-process runs side by side (no process group, the
-  same iterations as each rank), their steps/s added up, over one process alone. Two processes
+  same iterations as each rank, each bound to the cores a rank in its place binds to), their
+  steps/s added up, over one process alone. Two processes
   cannot beat it: it is what the cores give two busy processes that never wait for each other.
   *Of the ceiling* divides the speed-up by it, round by round.
 
@@ -23,6 +24,7 @@ the median over the rounds with its range.
 
     python benchmarks/scaling.py                 # CartPole-v1, Hopper-v5, HalfCheetah-v5; a few minutes
     python benchmarks/scaling.py --smoke         # CI: CartPole-v1, one short round
+    python benchmarks/scaling.py --set value_parallel='"replicated"'   # every run with an override
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def measure(env: str, iterations: int, together: Path | None) -> dict[str, Any]:
     """
     from agents import TRPO
 
-    agent = TRPO(env, seed=0)
+    if together is not None:
+        bind_like_a_rank()
+    agent = TRPO(env, seed=0, **json.loads(os.environ.get("SCALING_SET", "{}")))
     try:
         agent.train_iteration()
         parallel = agent.parallel
@@ -97,6 +101,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def bind_like_a_rank() -> None:
+    """Bind an independent run to the cores a rank in its place would take (the agents' ``pin_cores``)."""
+    from agents.common.distributed import core_block
+
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    index, count = (int(value) for value in os.environ["SCALING_RUN"].split("/"))
+    block = core_block([("this machine", sorted(os.sched_getaffinity(0)))] * count, index)
+    if block is not None:
+        os.sched_setaffinity(0, block)
+
+
 def launch(env: str, configuration: str, iterations: int) -> dict[str, Any]:
     """Run :func:`measure` in fresh processes; rank 0's result, or the independent runs' steps/s added up."""
     world_size, independent = int(configuration.split()[0]), configuration.endswith("independent")
@@ -104,6 +120,8 @@ def launch(env: str, configuration: str, iterations: int) -> dict[str, Any]:
     together = tempfile.mkdtemp(prefix="scaling-") if independent else None
     for rank in range(world_size):
         variables = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+        if independent:
+            variables["SCALING_RUN"] = f"{rank}/{world_size}"
         if world_size > 1 and not independent:
             variables.update(
                 RANK=str(rank),
@@ -194,12 +212,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations of the 2-process run")
     parser.add_argument("--smoke", action="store_true", help="CartPole-v1, one round of one iteration")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="NAME=VALUE", help="hyperparameter overrides of every run (JSON values)"
+    )
     parser.add_argument("--worker", nargs="+", metavar="ENV ITERATIONS [FOLDER]", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
         together = Path(args.worker[2]) if len(args.worker) > 2 else None
         print(json.dumps(measure(args.worker[0], int(args.worker[1]), together)))
         return
+    overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
+    os.environ["SCALING_SET"] = json.dumps(overrides)  # read by the workers, which inherit the environment
     envs, rounds, iterations = tuple(args.envs), args.rounds, args.iterations
     if args.smoke:
         envs, rounds, iterations = ("CartPole-v1",), 1, 1

@@ -554,6 +554,13 @@ MUTANTS = [
         "return (rows.amax(dim=0) if op == dist.ReduceOp.MAX else rows[self.rank]).view_as(tensor)",
         DISTRIBUTED_TESTS,
     ),
+    Mutant(
+        "core_blocks_ignore_the_launchers_placement",
+        "agents/common/distributed.py",
+        "if per_rank == 0 or any(peers[other][1] != usable for other in neighbours):",
+        "if per_rank == 0:",
+        DISTRIBUTED_TESTS,
+    ),
     # ------------------------------------------------------------------ agents: masks, observations, encoders
     Mutant(
         "kfac_default_kept_for_a_user_actor",

@@ -96,6 +96,7 @@ FIELD_HELP: dict[str, str] = {
     "value_parallel": "data-parallel critic: sharded (all-reduce per minibatch) or replicated (on the gathered batch)",
     "dtype": "floating-point type of the networks and the policy step",
     "torch_threads": "torch CPU threads; 0 leaves torch's setting alone",
+    "pin_cores": "data-parallel runs on Linux: bind each process to its own block of the machine's cores",
     "checkpoint_interval": "iterations between checkpoints; one is also written at the end and on interrupt",
     "eval_episodes": "episodes of the final deterministic evaluation, and of --eval",
 }

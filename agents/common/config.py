@@ -71,6 +71,7 @@ class TRPOConfig:
     device: str = "cpu"
     dtype: str = "float32"
     torch_threads: int = 1
+    pin_cores: bool = True
     checkpoint_interval: int = 10
     eval_episodes: int = 10
 
@@ -120,7 +121,7 @@ class TRPOConfig:
         sizes = self.hidden_sizes
         if not sizes or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
             raise ValueError(f"hidden_sizes must be a non-empty sequence of positive integers (got {sizes!r})")
-        for name in ("normalize_obs", "normalize_reward", "line_search", "normalize_advantage"):
+        for name in ("normalize_obs", "normalize_reward", "line_search", "normalize_advantage", "pin_cores"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False (got {getattr(self, name)!r})")
 

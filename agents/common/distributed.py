@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -211,6 +212,30 @@ class ScaledCurvature(Curvature):
         return self.curvature.build(problem).map(lambda product: product * scale)
 
 
+def core_block(peers: list[tuple[str, list[int]]], rank: int) -> set[int] | None:
+    """The cores ``rank`` binds to, given every rank's host name and usable cores (``peers``).
+
+    The processes of one machine split its usable cores into equal blocks, in rank order. ``None``
+    (stay unbound) when they may use different cores, which their launcher chose, or when the
+    machine has fewer usable cores than processes.
+    """
+    host, usable = peers[rank]
+    neighbours = [other for other, (other_host, _) in enumerate(peers) if other_host == host]
+    per_rank = len(usable) // len(neighbours)
+    if per_rank == 0 or any(peers[other][1] != usable for other in neighbours):
+        return None
+    start = neighbours.index(rank) * per_rank
+    return set(usable[start : start + per_rank])
+
+
+def _threads() -> list[int]:
+    """This process's thread ids (from Linux's ``/proc``), or ``[0]``, the calling thread, where they are not listed."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 class DataParallel:
     """The ranks of a data-parallel run and every reduction the agents make over them (docs/distributed.md)."""
 
@@ -232,6 +257,21 @@ class DataParallel:
     def default_threads(self) -> int:
         """torch threads per process: the cores over the processes on this machine, at least 1."""
         return max(1, (os.cpu_count() or 1) // max(1, self.local_world_size))
+
+    def bind_cores(self) -> set[int] | None:
+        """Bind this process (every thread it has) to its block of its machine's cores; the block, or ``None``.
+
+        The ranks exchange their host names and usable cores, and each takes its :func:`core_block`;
+        where that is ``None``, or off Linux, the process is left where it is. Threads and processes
+        started later inherit the binding.
+        """
+        if not hasattr(os, "sched_setaffinity"):
+            return None
+        block = core_block(self.all_gather_object((socket.gethostname(), sorted(os.sched_getaffinity(0)))), self.rank)
+        for thread in _threads() if block is not None else ():
+            with suppress(ProcessLookupError):  # a thread that ended since it was listed
+                os.sched_setaffinity(thread, block)
+        return block
 
     def check_config(self, config: dict[str, Any]) -> None:
         """Refuse, on every rank, configs that differ between ranks (compared by their digests)."""

@@ -234,7 +234,9 @@ class TRPO:
     def _join_ranks(self, config: TRPOConfig) -> DataParallel | None:
         """The data-parallel context (``None`` in a single process); sets the threads, checks the ranks' configs.
 
-        In a data-parallel run ``torch_threads=0`` means the cores over the processes on this machine.
+        In a data-parallel run ``torch_threads=0`` means the cores over the processes on this machine,
+        and with ``pin_cores`` each process binds itself to its own block of them
+        (:meth:`~agents.common.distributed.DataParallel.bind_cores`).
         """
         parallel = data_parallel(config.device)
         threads = config.torch_threads or (parallel.default_threads() if parallel is not None else 0)
@@ -242,6 +244,8 @@ class TRPO:
             torch.set_num_threads(threads)
         if parallel is not None:
             parallel.check_config(config.to_dict())
+            if config.pin_cores:
+                parallel.bind_cores()
         self.rank_seed = rank_seed(config.seed, parallel.rank if parallel is not None else 0)
         self.trained_world_size = 1 if parallel is None else parallel.world_size  # a checkpoint's, once loaded
         return parallel

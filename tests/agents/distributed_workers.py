@@ -182,6 +182,7 @@ def run(total_iterations: int, run_dir: Path, agent: TRPO | None = None) -> dict
             target, reset_num_timesteps=False, run_dir=run_dir, callback=lambda a: digests.append(parameter_digest(a))
         )
         return {
+            "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "digests": digests,
             "final": parameter_digest(agent),
             "history": agent.history,

@@ -178,6 +178,34 @@ def test_a_two_rank_run_keeps_the_parameters_bitwise_identical_at_every_iteratio
     assert straight[0]["step"] == workers.RUN_ITERATIONS * batch * 2  # steps count over both ranks
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="core binding is Linux's sched_setaffinity")
+def test_each_rank_of_a_machine_binds_itself_to_its_own_block_of_the_usable_cores(runs):
+    _, first, _, _ = runs
+    usable = sorted(os.sched_getaffinity(0))  # what the launched processes inherit
+    per_rank = len(usable) // 2
+    for rank in range(2):
+        expected = usable[rank * per_rank : (rank + 1) * per_rank] if per_rank else usable
+        assert first[rank]["straight"]["cores"] == expected
+
+
+@pytest.mark.parametrize(
+    ("cores", "hosts", "expected"),
+    [
+        ([[0, 1], [0, 1]], ["a", "a"], [[0], [1]]),
+        ([list(range(8))] * 2, ["a", "a"], [[0, 1, 2, 3], [4, 5, 6, 7]]),
+        ([[0, 1, 2]] * 2, ["a", "a"], [[0], [1]]),
+        ([[3]] * 2, ["a", "a"], [None, None]),  # fewer cores than processes
+        ([[0, 1], [2, 3]], ["a", "a"], [None, None]),  # the launcher placed them
+        ([[0, 1]] * 4, ["a", "a", "b", "b"], [[0], [1], [0], [1]]),  # two machines
+    ],
+    ids=["two cores", "eight cores", "three cores", "one core", "placed by the launcher", "two machines"],
+)
+def test_core_blocks_split_the_shared_usable_cores_of_a_machine_in_rank_order(cores, hosts, expected):
+    peers = list(zip(hosts, cores, strict=True))
+    blocks = [distributed.core_block(peers, rank) for rank in range(len(peers))]
+    assert blocks == [None if block is None else set(block) for block in expected]
+
+
 def test_an_interrupted_and_resumed_two_rank_run_is_bit_identical_to_a_straight_one(runs):
     _, first, resumed, _ = runs
     for rank in range(2):

@@ -385,6 +385,7 @@ def test_load_accepts_a_run_directory(tmp_path):
         ("vectorization_mode", "threads"),
         ("hidden_sizes", (64, 0)),
         ("normalize_obs", "yes"),
+        ("pin_cores", 1),
         ("clip_obs", 0.0),
         ("clip_reward", -10.0),
         ("dtype", "float16"),
