@@ -25,6 +25,7 @@ the median over the rounds with its range.
     python benchmarks/scaling.py                 # CartPole-v1, Hopper-v5, HalfCheetah-v5; a few minutes
     python benchmarks/scaling.py --smoke         # CI: CartPole-v1, one short round
     python benchmarks/scaling.py --set value_parallel='"replicated"'   # every run with an override
+    python benchmarks/scaling.py --set pin_cores=false  # ranks and independent runs left unbound
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def measure(env: str, iterations: int, together: Path | None) -> dict[str, Any]:
     """
     from agents import TRPO
 
-    if together is not None:
+    overrides = json.loads(os.environ.get("SCALING_SET", "{}"))
+    if together is not None and overrides.get("pin_cores", True):
         bind_like_a_rank()
-    agent = TRPO(env, seed=0, **json.loads(os.environ.get("SCALING_SET", "{}")))
+    agent = TRPO(env, seed=0, **overrides)
     try:
         agent.train_iteration()
         parallel = agent.parallel
