@@ -242,7 +242,7 @@ class LayerwiseLinearisation:
         def linear_layer(step: _Linear, here: Tensor) -> None:
             x = self._layer_inputs[step.node]
             rows, x_rows = here.reshape(-1, here.shape[-1]), x.reshape(-1, x.shape[-1])
-            _accumulate(grads, step.weight, rows.t() @ x_rows)
+            _accumulate(grads, step.weight, _weight_gradient(rows, x_rows))
             if step.bias is not None:
                 _accumulate(grads, step.bias, rows.sum(0))
 
@@ -362,6 +362,19 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         product = (weight @ x.t()).t()
         return product if bias is None else product.add_(bias)
     return F.linear(x, weight, bias)
+
+
+def _weight_gradient(rows: Tensor, inputs: Tensor) -> Tensor:
+    """``rowsᵀ inputs``, a layer's ``out × in`` weight gradient; as ``(inputsᵀ rows)ᵀ`` when ``in < out``.
+
+    Over a long batch dimension the CPU matrix kernels are several times faster when the result
+    has the fewer rows: an 11-wide observation into 64 units took 345 µs one way and 107 µs the
+    other for 2,048 rows (a policy's output layer, 64 into 3, is the opposite case). The result is
+    then a transposed view, which every later step accepts.
+    """
+    if inputs.shape[-1] < rows.shape[-1]:
+        return (inputs.t() @ rows).t()
+    return rows.t() @ inputs
 
 
 def _only_user_is(node: fx.Node, user: fx.Node) -> bool:
