@@ -105,14 +105,14 @@ def free_port() -> int:
 
 def bind_like_a_rank() -> None:
     """Bind an independent run to the cores a rank in its place would take (the agents' ``pin_cores``)."""
-    from agents.common.distributed import core_block
+    from agents.common.distributed import bind_process, core_block
 
     if not hasattr(os, "sched_setaffinity"):
         return
     index, count = (int(value) for value in os.environ["SCALING_RUN"].split("/"))
     block = core_block([("this machine", sorted(os.sched_getaffinity(0)))] * count, index)
     if block is not None:
-        os.sched_setaffinity(0, block)
+        bind_process(block)
 
 
 def launch(env: str, configuration: str, iterations: int) -> dict[str, Any]:

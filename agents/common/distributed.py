@@ -228,6 +228,13 @@ def core_block(peers: list[tuple[str, list[int]]], rank: int) -> set[int] | None
     return set(usable[start : start + per_rank])
 
 
+def bind_process(cores: set[int]) -> None:
+    """Bind every thread of this process to ``cores``; threads and processes started later inherit it (Linux)."""
+    for thread in _threads():
+        with suppress(ProcessLookupError):  # a thread that ended since it was listed
+            os.sched_setaffinity(thread, cores)
+
+
 def _threads() -> list[int]:
     """This process's thread ids (from Linux's ``/proc``), or ``[0]``, the calling thread, where they are not listed."""
     try:
@@ -268,9 +275,8 @@ class DataParallel:
         if not hasattr(os, "sched_setaffinity"):
             return None
         block = core_block(self.all_gather_object((socket.gethostname(), sorted(os.sched_getaffinity(0)))), self.rank)
-        for thread in _threads() if block is not None else ():
-            with suppress(ProcessLookupError):  # a thread that ended since it was listed
-                os.sched_setaffinity(thread, block)
+        if block is not None:
+            bind_process(block)
         return block
 
     def check_config(self, config: dict[str, Any]) -> None:

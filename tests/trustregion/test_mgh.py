@@ -199,25 +199,25 @@ def test_residuals_that_read_the_module_fit_it_as_residuals_taking_the_parameter
     torch.manual_seed(0)
     inputs = torch.randn(30, 3, dtype=torch.float64)
     targets = torch.tanh(inputs @ torch.tensor([[0.5], [-1.0], [2.0]], dtype=torch.float64) + 0.1)
-    fits = []
-    for closure_style in (True, False):
+
+    def fit(reads_the_module: bool) -> tuple[int, list[torch.Tensor]]:
         torch.manual_seed(1)
         model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Tanh()).double()
         names = [name for name, _ in model.named_parameters()]
 
-        def through_arguments(*params: torch.Tensor, model=model, names=names) -> torch.Tensor:
-            return (
-                torch.func.functional_call(model, dict(zip(names, params, strict=True)), (inputs,)) - targets
-            ).squeeze(-1)
+        def residuals(*params: torch.Tensor) -> torch.Tensor:
+            if reads_the_module:
+                return (model(inputs) - targets).squeeze(-1)
+            values = dict(zip(names, params, strict=True))
+            return (torch.func.functional_call(model, values, (inputs,)) - targets).squeeze(-1)
 
-        def reading_the_module(*_: torch.Tensor, model=model) -> torch.Tensor:
-            return (model(inputs) - targets).squeeze(-1)
-
-        result = least_squares(reading_the_module if closure_style else through_arguments, model.parameters())
+        result = least_squares(residuals, model.parameters())
         assert result.success and result.loss < 1e-12
-        fits.append((result.steps, [p.detach().clone() for p in model.parameters()]))
-    assert fits[0][0] == fits[1][0]
-    for a, b in zip(fits[0][1], fits[1][1], strict=True):
+        return result.steps, [p.detach().clone() for p in model.parameters()]
+
+    (steps, fitted), (reference_steps, reference) = fit(reads_the_module=True), fit(reads_the_module=False)
+    assert steps == reference_steps
+    for a, b in zip(fitted, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
