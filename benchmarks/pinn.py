@@ -141,6 +141,9 @@ def make_solver(name: str, problem) -> trustregion.Solver:
     size = sum(p.numel() for p in problem.params)
     if name == "dense":
         return trustregion.DenseSolver()
+    if name.startswith("secular-max-damping"):  # secular-max-damping[-VALUE]: SecularSolver(max_damping=VALUE)
+        value = name.removeprefix("secular-max-damping").removeprefix("-") or "1e-8"
+        return trustregion.SecularSolver(max_damping=float(value))
     if name == "steihaug":
         return trustregion.SteihaugCG(max_iter=min(size, 250))
     if name == "steihaug-jacobi":
@@ -150,7 +153,8 @@ def make_solver(name: str, problem) -> trustregion.Solver:
         preconditioner = trustregion.Nystrom(rank=rank, every=every)
         return trustregion.SteihaugCG(max_iter=min(size, 250), preconditioner=preconditioner)
     raise ValueError(
-        f"--solver must be default, dense, steihaug, steihaug-jacobi or steihaug-nystrom[-RANK[-EVERY]] (got {name!r})"
+        "--solver must be default, dense, secular-max-damping[-VALUE], steihaug, steihaug-jacobi or "
+        f"steihaug-nystrom[-RANK[-EVERY]] (got {name!r})"
     )
 
 
@@ -307,7 +311,8 @@ def main(argv: list[str] | None = None) -> list[Trace]:
     parser.add_argument(
         "--solver",
         default="default",
-        help="ours: default, dense, steihaug, steihaug-jacobi, steihaug-nystrom[-RANK[-EVERY]] (rank 100, every 5)",
+        help="ours: default, dense, secular-max-damping[-VALUE] (1e-8), steihaug, steihaug-jacobi, "
+        "steihaug-nystrom[-RANK[-EVERY]] (rank 100, every 5)",
     )
     parser.add_argument(
         "--control",

@@ -606,6 +606,20 @@ MUTANTS = [
         ("tests/trustregion/solvers/test_secular.py",),
     ),
     Mutant(
+        "max_damping_step_not_shortened_onto_the_region",
+        "solvers/secular.py",
+        "return SecularSolution(step * (radius / norm), max_damping, 1)",
+        "return SecularSolution(step, max_damping, 1)",
+        ("tests/trustregion/solvers/test_secular.py",),
+    ),
+    Mutant(
+        "default_threads_count_the_machine_not_the_usable_cores",
+        "agents/common/distributed.py",
+        'usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1',
+        "usable = os.cpu_count() or 1",
+        DISTRIBUTED_TESTS,
+    ),
+    Mutant(
         "scaled_radius_grows_from_the_radius_not_the_step",
         "control/scaled_radius.py",
         "radius, damping = 2.0 * length, 0.5 * damping",

@@ -261,9 +261,17 @@ class DataParallel:
         self._last_costs = (0, 0, 0.0)
 
     # ------------------------------------------------------------------ start-up
-    def default_threads(self) -> int:
-        """torch threads per process: the cores over the processes on this machine, at least 1."""
-        return max(1, (os.cpu_count() or 1) // max(1, self.local_world_size))
+    def default_threads(self, block: set[int] | None = None) -> int:
+        """torch threads per process: its own ``block`` of cores when bound, else its share of the usable cores.
+
+        The usable cores are those the process may run on (``os.sched_getaffinity``, which a
+        container's CPU set or ``taskset`` restricts), shared by the processes on this machine;
+        at least 1.
+        """
+        if block:
+            return len(block)
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, usable // max(1, self.local_world_size))
 
     def bind_cores(self) -> set[int] | None:
         """Bind this process (every thread it has) to its block of its machine's cores; the block, or ``None``.

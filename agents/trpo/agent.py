@@ -234,18 +234,18 @@ class TRPO:
     def _join_ranks(self, config: TRPOConfig) -> DataParallel | None:
         """The data-parallel context (``None`` in a single process); sets the threads, checks the ranks' configs.
 
-        In a data-parallel run ``torch_threads=0`` means the cores over the processes on this machine,
-        and with ``pin_cores`` each process binds itself to its own block of them
-        (:meth:`~agents.common.distributed.DataParallel.bind_cores`).
+        In a data-parallel run, with ``pin_cores`` each process binds itself to its own block of its
+        machine's usable cores (:meth:`~agents.common.distributed.DataParallel.bind_cores`), and
+        ``torch_threads=0`` means one thread per core of that block (unbound: the usable cores over
+        the processes on this machine).
         """
         parallel = data_parallel(config.device)
-        threads = config.torch_threads or (parallel.default_threads() if parallel is not None else 0)
-        if threads:
-            torch.set_num_threads(threads)
         if parallel is not None:
             parallel.check_config(config.to_dict())
-            if config.pin_cores:
-                parallel.bind_cores()
+            block = parallel.bind_cores() if config.pin_cores else None
+        threads = config.torch_threads or (parallel.default_threads(block) if parallel is not None else 0)
+        if threads:
+            torch.set_num_threads(threads)
         self.rank_seed = rank_seed(config.seed, parallel.rank if parallel is not None else 0)
         self.trained_world_size = 1 if parallel is None else parallel.world_size  # a checkpoint's, once loaded
         return parallel

@@ -188,6 +188,17 @@ def test_each_rank_of_a_machine_binds_itself_to_its_own_block_of_the_usable_core
         assert first[rank]["straight"]["cores"] == expected
 
 
+def test_default_threads_are_the_bound_block_else_the_usable_cores_over_the_local_processes(monkeypatch):
+    parallel = object.__new__(distributed.DataParallel)  # no process group needed for the arithmetic
+    parallel.local_world_size = 2
+    assert parallel.default_threads({4, 5, 6}) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's cores, of which this process may use 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert parallel.default_threads() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert parallel.default_threads() == 1
+
+
 @pytest.mark.parametrize(
     ("cores", "hosts", "expected"),
     [

@@ -99,18 +99,30 @@ class SecularSolver(Solver):
     :attr:`~trustregion.result.SolverResult.curvature` is ``sᵀAs`` without ``λD²``, so that the
     minimizer's predicted reduction is the undamped model's.
 
+    With ``max_damping = λ̄`` finite, ``λ`` is kept at or below ``λ̄``: where the region would need
+    more, the step is ``s(λ̄)`` shortened onto the region (``‖D s‖ = Δ``). Its direction stays close
+    to the Gauss-Newton step's, which moves the directions of small curvature as much as the others,
+    where a large ``λ`` leaves them behind; ill-conditioned fits whose accuracy lives in those
+    directions (physics-informed networks) converge much further with it, while problems whose
+    Gauss-Newton direction is poor far from the solution need the full ``λ``. ``λ̄`` is in the
+    scaled variables (``D⁻¹AD⁻¹``, whose diagonal is at most 1 under Moré's scaling).
+
     Args:
         tolerance: ``σ``, the relative error in ``‖D s‖`` accepted (MINPACK's 0.1).
         max_iterations: factorisations with ``λ > 0`` per step (MINPACK's 10).
+        max_damping: ``λ̄``, the largest ``λ`` used (``math.inf``, the default: none, as MINPACK).
     """
 
-    def __init__(self, tolerance: float = 0.1, max_iterations: int = 10) -> None:
+    def __init__(self, tolerance: float = 0.1, max_iterations: int = 10, max_damping: float = math.inf) -> None:
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
             raise ValueError(f"tolerance must be a number in (0, 1) (got {tolerance!r}); MINPACK uses 0.1")
         if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
             raise ValueError(f"max_iterations must be an integer >= 1 (got {max_iterations!r})")
+        if isinstance(max_damping, bool) or not isinstance(max_damping, (int, float)) or not max_damping > 0:
+            raise ValueError(f"max_damping must be a number > 0 or math.inf (got {max_damping!r}); e.g. 1e-8")
         self.tolerance = float(tolerance)
         self.max_iterations = max_iterations
+        self.max_damping = float(max_damping)
 
     def __call__(self, operator: LinearOperator, rhs: Tensor) -> SolverResult:
         """The Gauss-Newton step ``A⁻¹ g`` (minimum-norm in the Jacobi-scaled variables if ``A`` is singular)."""
@@ -132,13 +144,17 @@ class SecularSolver(Solver):
             return SolverResult(zero, SolverReason.NONFINITE, 0, math.nan, math.nan, 0.0)
         scale = _scale_of(region, matrix)
         scaled = matrix / scale[:, None] / scale[None, :]
-        solution = secular_solve(
-            scaled, rhs / scale, region.radius, getattr(region, "damping", 0.0), self.tolerance, self.max_iterations
-        )
+        solution = capped_solve(scaled, rhs / scale, region.radius, self.max_damping)
+        if solution is None:
+            damping = getattr(region, "damping", 0.0)
+            solution = secular_solve(scaled, rhs / scale, region.radius, damping, self.tolerance, self.max_iterations)
         return _result(matrix, rhs, scale, solution, region)
 
     def __repr__(self) -> str:
-        return f"SecularSolver(tolerance={self.tolerance}, max_iterations={self.max_iterations})"
+        return (
+            f"SecularSolver(tolerance={self.tolerance}, max_iterations={self.max_iterations}, "
+            f"max_damping={self.max_damping})"
+        )
 
 
 def _scale_of(region: Ball, matrix: Tensor) -> Tensor:
@@ -177,6 +193,24 @@ def _result(matrix: Tensor, rhs: Tensor, scale: Tensor, solution: SecularSolutio
         gradient_dot=gradient_dot,
         region_norm=scaled_norm if isinstance(region, ScaledBall) else math.nan,
     )
+
+
+def capped_solve(matrix: Tensor, rhs: Tensor, radius: float, max_damping: float) -> SecularSolution | None:
+    """``y(λ̄)`` shortened to ``‖y‖ = Δ`` when it is longer (the region needs ``λ > λ̄``), else ``None``.
+
+    ``‖y(λ)‖`` falls as ``λ`` grows, so ``‖y(λ̄)‖ > Δ`` is exactly when the secular ``λ`` exceeds ``λ̄``.
+    """
+    if math.isinf(max_damping) or math.isinf(radius):
+        return None
+    eye = torch.eye(len(rhs), dtype=matrix.dtype, device=matrix.device)
+    factor, info = torch.linalg.cholesky_ex(matrix + max_damping * eye)
+    if info.item() != 0:
+        return None
+    step = torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+    norm = torch.linalg.vector_norm(step).item()
+    if not (math.isfinite(norm) and norm > radius):
+        return None
+    return SecularSolution(step * (radius / norm), max_damping, 1)
 
 
 def secular_solve(

@@ -107,6 +107,38 @@ def test_a_plain_ball_is_the_unscaled_region_and_no_bound_is_the_gauss_newton_st
     assert torch.allclose(free.direction, gauss_newton_step(matrix, gradient), rtol=1e-9)
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds, fraction=st.floats(0.001, 0.9), cap=st.floats(1e-10, 1e2))
+def test_with_max_damping_the_step_is_that_dampings_step_shortened_onto_the_region_or_the_lm_step(
+    seed: int, fraction: float, cap: float
+) -> None:
+    matrix, gradient, scale = problem(seed)
+    radius = fraction * torch.linalg.vector_norm(scale * gauss_newton_step(matrix, gradient)).item()
+    free = ScaledBall(radius, scale=scale)
+    plain = SecularSolver().solve_in_region(operator_of(matrix), gradient, free)
+    capped_region = ScaledBall(radius, scale=scale)
+    capped = SecularSolver(max_damping=cap).solve_in_region(operator_of(matrix), gradient, capped_region)
+    damped = torch.linalg.solve(matrix + cap * torch.diag(scale.square()), gradient)  # (A + λ̄D²)⁻¹ g, dense
+    if torch.linalg.vector_norm(scale * damped).item() > radius:  # the region needs λ > λ̄
+        shortened = damped * (radius / torch.linalg.vector_norm(scale * damped).item())
+        assert torch.allclose(capped.direction, shortened, rtol=1e-8, atol=1e-12 * shortened.abs().max().item())
+        assert capped_region.report.damping == cap and capped.region_norm == pytest.approx(radius, rel=1e-12)
+        assert capped.gradient_dot == pytest.approx((gradient @ shortened).item(), rel=1e-8)
+    else:  # λ <= λ̄ (up to the secular tolerance): MINPACK's step
+        assert free.report.damping <= cap * (1 + 1e-6) or free.report.damping == pytest.approx(cap, rel=0.5)
+        assert torch.equal(capped.direction, plain.direction)
+
+
+def test_max_damping_keeps_the_gauss_newton_direction_where_lm_turns_to_the_gradient() -> None:
+    matrix = torch.diag(torch.tensor([1.0, 1e-6], dtype=DTYPE))  # one direction of tiny curvature
+    gradient = torch.tensor([1.0, 1e-6], dtype=DTYPE)  # Gauss-Newton step (1, 1), cut to a tenth of its length
+    region = ScaledBall(0.1 * math.sqrt(2.0), scale=torch.ones(2, dtype=DTYPE))
+    lm = SecularSolver().solve_in_region(operator_of(matrix), gradient, region).direction
+    capped = SecularSolver(max_damping=1e-9).solve_in_region(operator_of(matrix), gradient, region).direction
+    assert lm[1].abs() < 1e-4 * lm[0].abs()  # λ ≈ 10 leaves the small-curvature direction behind
+    assert torch.allclose(capped, torch.tensor([0.1, 0.1], dtype=DTYPE), rtol=1e-3)
+
+
 def test_what_the_solver_refuses() -> None:
     matrix, gradient, scale = problem(0)
     indefinite = LinearOperator(lambda v: -v, 5, positive_semidefinite=False)
@@ -118,5 +150,8 @@ def test_what_the_solver_refuses() -> None:
         ScaledBall(1.0, scale=-scale)
     with pytest.raises(ValueError, match="tolerance"):
         SecularSolver(tolerance=1.5)
+    for bad in (0.0, -1.0, math.nan, True, "1e-8"):
+        with pytest.raises(ValueError, match="max_damping must be a number > 0"):
+            SecularSolver(max_damping=bad)
     nonfinite = SecularSolver().solve_in_region(operator_of(matrix * math.nan), gradient, ScaledBall(1.0, scale=scale))
     assert nonfinite.reason.value == "nonfinite"
