@@ -15,7 +15,8 @@ function, so the residuals depend on the parameters through a derivative of the 
 Levenberg-Marquardt on the Gauss-Newton matrix ``JᵀJ`` (MINPACK's formulation, solved densely for
 a network this small). For this problem ``control=TrustRadius(gtol=1e-10), solver=DenseSolver()``
 goes further (1.6e-7 to 6.7e-7 in 200 steps against about 2e-5; ``benchmarks/pinn.py --control
-trust-radius``). The error reported is ``‖u_θ - u*‖ / ‖u*‖`` on a 100 × 100 grid of the square.
+trust-radius``), and so does ``solver=SecularSolver(max_damping=1e-10)`` (4.2e-8 to 1.1e-6;
+``--solver secular-max-damping-1e-10``). The error reported is ``‖u_θ - u*‖ / ‖u*‖`` on a 100 × 100 grid of the square.
 
 Run: ``python examples/pinn_poisson.py`` (``--seed``, ``--steps``, ``--width``, ``--grid``).
 """

@@ -281,8 +281,8 @@ def least_squares(
     :class:`~trustregion.SecularSolver`; above, :class:`~trustregion.LevenbergMarquardt` from
     ``μ₀ = 10⁻⁶`` with Moré's scaling and the curvature floor, and :class:`~trustregion.SteihaugCG`.
     A ``solver`` other than :class:`~trustregion.SecularSolver` goes with the damping control;
-    ``control=TrustRadius(gtol=1e-10), solver=DenseSolver()`` suits physics-informed networks
-    (docs/non_rl.md). ``tolerances`` as in :func:`run`.
+    ``control=TrustRadius(gtol=1e-10), solver=DenseSolver()`` or ``solver=SecularSolver(max_damping=1e-10)``
+    suit physics-informed networks (docs/non_rl.md). ``tolerances`` as in :func:`run`.
     Residuals that are not floating-point tensors, or change shape between points, raise a
     one-line error (the parameters are left where they were); non-finite residuals at the start
     end the run with ``RunReason.NONFINITE``. A step costs one residual evaluation at the trial
