@@ -606,6 +606,13 @@ MUTANTS = [
         ("tests/trustregion/solvers/test_secular.py",),
     ),
     Mutant(
+        "minimize_calls_a_function_of_the_parameters_without_them",
+        "drivers.py",
+        "    return lambda: loss(*params)\n",
+        "    return loss\n",
+        ("tests/trustregion/test_drivers.py",),
+    ),
+    Mutant(
         "max_damping_step_not_shortened_onto_the_region",
         "solvers/secular.py",
         "return SecularSolution(step * (radius / norm), max_damping, 1)",

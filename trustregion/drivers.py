@@ -24,9 +24,10 @@ follow scipy's definitions:
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from torch import Tensor
 from torch.utils._pytree import tree_leaves
@@ -157,7 +158,7 @@ def run(
     check_instance("optimizer", optimizer, TrustRegionBase, "TrustRegionMinimizer(params)")
     if callback is not None:
         check_callable("callback", callback, "StepResult -> True to stop")
-    stopping = Stopping(**tolerances)
+    stopping = _stopping(tolerances)
     closure = _prepared(optimizer, closure, pure, tolerances)
     params = optimizer.param_groups[0]["params"]
     tally = _Tally()
@@ -173,6 +174,33 @@ def run(
         if reason is not None:
             return tally.result(reason)
     return tally.result(RunReason.MAX_STEPS)
+
+
+def _stopping(tolerances: dict[str, float]) -> Stopping:
+    """:class:`Stopping` of ``tolerances``; a name that is no tolerance is refused in one line."""
+    known = [item.name for item in fields(Stopping)]
+    unknown = sorted(set(tolerances) - set(known))
+    if unknown:
+        raise TypeError(f"unknown tolerance {unknown[0]!r}: the tolerances are {', '.join(known)}")
+    return Stopping(**tolerances)
+
+
+def _no_argument_loss(loss: Callable[..., Tensor], params: list[Tensor]) -> Callable[[], Tensor]:
+    """``loss`` itself when it takes no argument, else ``lambda: loss(*params)`` (scipy's ``fun(x)``)."""
+    try:
+        parameters = inspect.signature(loss).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): call it as a closure
+        return loss
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = sum(1 for item in parameters if item.kind in positional and item.default is item.empty)
+    if required == 0:
+        return loss
+    if required != len(params):
+        raise TypeError(
+            f"loss takes {required} positional argument(s) but there are {len(params)} parameter tensors: "
+            "give loss() of no arguments, or loss(*params) with one argument per tensor"
+        )
+    return lambda: loss(*params)
 
 
 def _prepared(optimizer: TrustRegionBase, closure: Closure, pure: bool, tolerances: dict[str, float]) -> Closure:
@@ -251,14 +279,16 @@ def minimize(
 ) -> RunResult:
     """Minimise ``loss()`` over ``params`` by trust-region Newton-CG (``scipy.optimize.minimize(method="trust-ncg")``).
 
-    ``loss`` is a closure of no arguments computing the loss from ``params`` (updated in place).
+    ``loss`` is a closure of no arguments computing the loss from ``params`` (updated in place),
+    or a function of the parameter tensors, ``loss(*params)``, as scipy's ``fun(x)``.
     Defaults: the exact :class:`~trustregion.Hessian`, :class:`~trustregion.SteihaugCG` and
     :class:`~trustregion.TrustRadius`; ``tolerances`` as in :func:`run`.
     """
-    check_callable("loss", loss, "() -> scalar loss tensor computed from params")
-    control = control or TrustRadius(gtol=tolerances.get("gtol", Stopping.gtol))
+    check_callable("loss", loss, "() -> scalar loss tensor computed from params, or loss(*params)")
+    params, stopping = list(params), _stopping(tolerances)
+    control = control or TrustRadius(gtol=stopping.gtol)
     optimizer = TrustRegionMinimizer(params, curvature=curvature or Hessian(), solver=solver, control=control)
-    return run(optimizer, loss, callback=callback, **tolerances)
+    return run(optimizer, _no_argument_loss(loss, params), callback=callback, **tolerances)
 
 
 def least_squares(
@@ -289,10 +319,10 @@ def least_squares(
     point and one in the curvature's linearisation (:class:`~trustregion.PureClosure`).
     """
     check_callable("residuals", residuals, "residuals(*params) -> tensor of residuals")
-    params = list(params)
+    params, stopping = list(params), _stopping(tolerances)
     fit = ResidualGaussNewton(residuals, scale)
     size = sum(p.numel() for p in params)
-    gtol, dense = tolerances.get("gtol", Stopping.gtol), size <= _DENSE_UP_TO
+    gtol, dense = stopping.gtol, size <= _DENSE_UP_TO
     if control is None and dense and (solver is None or isinstance(solver, SecularSolver)):
         control = ScaledTrustRadius(params=params, gtol=gtol)  # MINPACK's lmder, as scipy's method="lm"
     control = control or LevenbergMarquardt(1e-6, gtol=gtol, scaled=True, curvature_floor=True)

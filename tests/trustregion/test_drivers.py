@@ -181,6 +181,38 @@ def test_bad_tolerances_are_refused_before_any_step(tolerances: dict, match: str
     assert x.item() == 1.0
 
 
+@pytest.mark.parametrize("entry", ["minimize", "least_squares"])
+def test_an_unknown_tolerance_is_refused_by_name_before_any_step(entry: str) -> None:
+    x = torch.tensor([1.0], dtype=DTYPE, requires_grad=True)
+    with pytest.raises(TypeError, match="unknown tolerance 'ftoll': the tolerances are max_steps, gtol"):
+        if entry == "minimize":
+            minimize(lambda: (x**2).sum(), [x], ftoll=1e-9)
+        else:
+            least_squares(lambda x: x - 2.0, [x], ftoll=1e-9)
+    assert x.item() == 1.0
+
+
+def rosenbrock(x: torch.Tensor) -> torch.Tensor:
+    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+
+def test_minimize_takes_a_function_of_the_parameters_as_scipy_takes_fun_x() -> None:
+    closure_x = torch.tensor([-1.2, 1.0], dtype=DTYPE, requires_grad=True)
+    function_x = closure_x.detach().clone().requires_grad_()
+    by_closure = minimize(lambda: rosenbrock(closure_x), [closure_x])
+    by_function = minimize(rosenbrock, [function_x])
+    assert by_function.success and by_function.steps == by_closure.steps
+    torch.testing.assert_close(function_x, closure_x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(function_x.detach(), torch.ones(2, dtype=DTYPE), rtol=0, atol=1e-8)
+
+
+def test_a_loss_taking_as_many_arguments_as_there_are_no_parameter_tensors_is_refused() -> None:
+    x, y = (torch.tensor([1.0], dtype=DTYPE, requires_grad=True) for _ in range(2))
+    with pytest.raises(TypeError, match=r"loss takes 1 positional argument\(s\) but there are 2 parameter tensors"):
+        minimize(lambda x: (x**2).sum(), [x, y])
+    assert x.item() == 1.0 and y.item() == 1.0
+
+
 def test_equilibrated_dense_solve_agrees_with_the_plain_one_when_both_are_well_posed() -> None:
     generator = torch.Generator().manual_seed(0)
     basis = torch.randn(6, 6, generator=generator, dtype=DTYPE)
