@@ -88,12 +88,25 @@ class Collector:
         started and the same error is raised.
         """
         self.env_stack.finite_check.raise_if_failed()
-        envs, num_envs, masks = self.env_stack.envs, self.env_stack.num_envs, self.masks
         first_step, statistics = self.env_stack.vector_steps, self.env_stack.statistics()
         rollout = Rollout.empty(
-            self.n_steps, num_envs, self.obs_shape, self.action_shape, self.action_dtype, self.dtype,
-            None if masks is None else masks.dim,
+            self.n_steps, self.env_stack.num_envs, self.obs_shape, self.action_shape, self.action_dtype, self.dtype,
+            None if self.masks is None else self.masks.dim,
         )  # fmt: skip
+        next_obs = self._step_envs(rollout, actor, networks, first_step)
+        done = rollout.terminated | rollout.truncated
+        rollout.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
+        rollout.valid[1:] = ~done[:-1]
+        self.prev_done = done[-1].copy()
+        self.obs = self._stored(next_obs)
+        last_obs = _as_dtype(self.obs, self.dtype)
+        rollout.last_values[:] = networks(last_obs)[1]
+        self._check(rollout, last_obs, first_step, statistics)
+        return rollout
+
+    def _step_envs(self, rollout: Rollout, actor: Actor, networks: RolloutNetworksFn, first_step: int) -> np.ndarray:
+        """The ``n_steps`` vector steps, written into ``rollout``; returns the observation after the last."""
+        envs, num_envs, masks = self.env_stack.envs, self.env_stack.num_envs, self.masks
         sample_actions = actor.rollout_head()
         noise = actor.rollout_noise(self.rng, (self.n_steps, num_envs, actor.output_dim), self.np_float)
         next_obs = self.obs
@@ -111,15 +124,7 @@ class Collector:
                 self._record_episodes(info)
             if masks is not None:
                 masks.read(info, first_step + t + 1, rollout.terminated[t] | rollout.truncated[t])
-        done = rollout.terminated | rollout.truncated
-        rollout.valid[0] = ~self.prev_done  # the step after a done is gymnasium's autoreset step
-        rollout.valid[1:] = ~done[:-1]
-        self.prev_done = done[-1].copy()
-        self.obs = self._stored(next_obs)
-        last_obs = _as_dtype(self.obs, self.dtype)
-        rollout.last_values[:] = networks(last_obs)[1]
-        self._check(rollout, last_obs, first_step, statistics)
-        return rollout
+        return next_obs
 
     def _check(self, rollout: Rollout, last_obs: np.ndarray, first_step: int, statistics: dict[str, Any]) -> None:
         """One finiteness check of the rollout's arrays and the statistics (cheap: once per rollout)."""

@@ -68,7 +68,14 @@ def smallest_eigenpair(operator: LinearOperator, like: Tensor, iterations: int, 
         if len(diagonal) < min(iterations, like.numel()):
             off_diagonal.append(beta)
             basis.append(product / beta)
-    exhausted = exhausted or len(diagonal) == like.numel()
+    return _smallest_ritz_pair(basis, diagonal, off_diagonal, exhausted or len(diagonal) == like.numel())
+
+
+def _smallest_ritz_pair(
+    basis: list[Tensor], diagonal: list[float], off_diagonal: list[float], exhausted: bool
+) -> Eigenpair:
+    """The smallest eigenpair of the Lanczos tridiagonal ``T``, its vector mapped back through the basis."""
+    like = basis[0]
     tridiagonal = torch.diag(torch.tensor(diagonal, dtype=like.dtype, device=like.device))
     if off_diagonal:
         betas = torch.tensor(off_diagonal[: len(diagonal) - 1], dtype=like.dtype, device=like.device)
