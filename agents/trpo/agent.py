@@ -239,7 +239,7 @@ class TRPO:
         ``torch_threads=0`` means one thread per core of that block (unbound: the usable cores over
         the processes on this machine).
         """
-        parallel = data_parallel(config.device)
+        parallel, block = data_parallel(config.device), None
         if parallel is not None:
             parallel.check_config(config.to_dict())
             block = parallel.bind_cores() if config.pin_cores else None

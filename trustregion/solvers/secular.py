@@ -119,7 +119,7 @@ class SecularSolver(Solver):
         if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
             raise ValueError(f"max_iterations must be an integer >= 1 (got {max_iterations!r})")
         if isinstance(max_damping, bool) or not isinstance(max_damping, (int, float)) or not max_damping > 0:
-            raise ValueError(f"max_damping must be a number > 0 or math.inf (got {max_damping!r}); e.g. 1e-8")
+            raise ValueError(f"max_damping must be a number > 0 or math.inf (got {max_damping!r}); e.g. 1e-10")
         self.tolerance = float(tolerance)
         self.max_iterations = max_iterations
         self.max_damping = float(max_damping)
