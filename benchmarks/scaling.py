@@ -105,12 +105,12 @@ def free_port() -> int:
 
 def bind_like_a_rank() -> None:
     """Bind an independent run to the cores a rank in its place would take (the agents' ``pin_cores``)."""
-    from agents.common.distributed import bind_process, core_block
+    from agents.common.distributed import bind_process, core_block, usable_cores
 
     if not hasattr(os, "sched_setaffinity"):
         return
     index, count = (int(value) for value in os.environ["SCALING_RUN"].split("/"))
-    block = core_block([("this machine", sorted(os.sched_getaffinity(0)))] * count, index)
+    block = core_block([("this machine", usable_cores())] * count, index)
     if block is not None:
         bind_process(block)
 

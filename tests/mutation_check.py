@@ -557,8 +557,8 @@ MUTANTS = [
     Mutant(
         "core_blocks_ignore_the_launchers_placement",
         "agents/common/distributed.py",
-        "if per_rank == 0 or any(peers[other][1] != usable for other in neighbours):",
-        "if per_rank == 0:",
+        "if any(peers[other][1] != usable for other in neighbours):",
+        "if False:",
         DISTRIBUTED_TESTS,
     ),
     # ------------------------------------------------------------------ agents: masks, observations, encoders
@@ -622,8 +622,8 @@ MUTANTS = [
     Mutant(
         "default_threads_count_the_machine_not_the_usable_cores",
         "agents/common/distributed.py",
-        'usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1',
-        "usable = os.cpu_count() or 1",
+        "        return sorted(os.sched_getaffinity(0))",
+        "        return list(range(os.cpu_count() or 1))",
         DISTRIBUTED_TESTS,
     ),
     Mutant(

@@ -212,17 +212,27 @@ class ScaledCurvature(Curvature):
         return self.curvature.build(problem).map(lambda product: product * scale)
 
 
-def core_block(peers: list[tuple[str, list[int]]], rank: int) -> set[int] | None:
-    """The cores ``rank`` binds to, given every rank's host name and usable cores (``peers``).
+def usable_cores() -> list[int]:
+    """The cores this process may run on (``os.sched_getaffinity``: a container's CPU set or ``taskset``
+    restricts them), or all the machine's where that is not known."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
-    The processes of one machine split its usable cores into equal blocks, in rank order. ``None``
-    (stay unbound) when they may use different cores, which their launcher chose, or when the
-    machine has fewer usable cores than processes.
+
+def core_block(peers: list[tuple[str, list[int]]], rank: int) -> set[int] | None:
+    """The cores ``rank`` has to itself, given every rank's host name and usable cores (``peers``).
+
+    The processes of one machine split its usable cores into equal blocks, in rank order. Where
+    their launcher gave them different cores, each keeps its own. ``None`` (stay unbound, sharing)
+    when the machine has fewer usable cores than processes.
     """
     host, usable = peers[rank]
     neighbours = [other for other, (other_host, _) in enumerate(peers) if other_host == host]
+    if any(peers[other][1] != usable for other in neighbours):
+        return set(usable)  # placed by the launcher already
     per_rank = len(usable) // len(neighbours)
-    if per_rank == 0 or any(peers[other][1] != usable for other in neighbours):
+    if per_rank == 0:
         return None
     start = neighbours.index(rank) * per_rank
     return set(usable[start : start + per_rank])
@@ -262,28 +272,26 @@ class DataParallel:
 
     # ------------------------------------------------------------------ start-up
     def default_threads(self, block: set[int] | None = None) -> int:
-        """torch threads per process: its own ``block`` of cores when bound, else its share of the usable cores.
+        """torch threads per process: one per core of its own ``block``, else its share of the :func:`usable_cores`.
 
-        The usable cores are those the process may run on (``os.sched_getaffinity``, which a
-        container's CPU set or ``taskset`` restricts), shared by the processes on this machine;
-        at least 1.
+        The usable cores are then shared by the processes on this machine; at least 1.
         """
         if block:
             return len(block)
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, usable // max(1, self.local_world_size))
+        return max(1, len(usable_cores()) // max(1, self.local_world_size))
 
     def bind_cores(self) -> set[int] | None:
         """Bind this process (every thread it has) to its block of its machine's cores; the block, or ``None``.
 
-        The ranks exchange their host names and usable cores, and each takes its :func:`core_block`;
-        where that is ``None``, or off Linux, the process is left where it is. Threads and processes
-        started later inherit the binding.
+        The ranks exchange their host names and :func:`usable_cores`, and each takes its
+        :func:`core_block`: a process its launcher placed keeps its cores; where the block is
+        ``None``, or off Linux, the process is left where it is. Threads and processes started
+        later inherit the binding.
         """
         if not hasattr(os, "sched_setaffinity"):
             return None
-        block = core_block(self.all_gather_object((socket.gethostname(), sorted(os.sched_getaffinity(0)))), self.rank)
-        if block is not None:
+        block = core_block(self.all_gather_object((socket.gethostname(), usable_cores())), self.rank)
+        if block is not None and block != set(usable_cores()):
             bind_process(block)
         return block
 

@@ -206,7 +206,7 @@ def test_default_threads_are_the_bound_block_else_the_usable_cores_over_the_loca
         ([list(range(8))] * 2, ["a", "a"], [[0, 1, 2, 3], [4, 5, 6, 7]]),
         ([[0, 1, 2]] * 2, ["a", "a"], [[0], [1]]),
         ([[3]] * 2, ["a", "a"], [None, None]),  # fewer cores than processes
-        ([[0, 1], [2, 3]], ["a", "a"], [None, None]),  # the launcher placed them
+        ([[0, 1], [2, 3]], ["a", "a"], [[0, 1], [2, 3]]),  # the launcher placed them: each keeps its own
         ([[0, 1]] * 4, ["a", "a", "b", "b"], [[0], [1], [0], [1]]),  # two machines
     ],
     ids=["two cores", "eight cores", "three cores", "one core", "placed by the launcher", "two machines"],
