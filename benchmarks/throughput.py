@@ -24,6 +24,8 @@ update ratio that number of products allows, however fast the rest of the update
     python benchmarks/throughput.py --envs CartPole-v1 --vectorization-mode vector_entry_point
                                                # also ours (defaults) on the environment's own vector
                                                # implementation (gymnasium's vector_entry_point)
+    python benchmarks/throughput.py --envs Hopper-v5 --rounds 0 --variant fisher_fraction=0.25 cg_iters=15
+                                               # also ours (defaults) with these overrides (repeatable)
 
 sb3-contrib is optional (``pip install sb3-contrib torch==<the installed torch>``); without it
 only our numbers are printed.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import abc
 import argparse
 import copy
+import json
 import statistics
 import time
 import warnings
@@ -170,6 +173,15 @@ def ours_fisher_subsampled(setting: Setting, fractions: list[float]) -> dict[str
     """Our defaults with the curvature built on each share of the batch (``--fisher-fraction``), by row label."""
     defaults = ours_defaults(setting)
     return {f"ours (fisher {fraction:g})": {**defaults, "fisher_fraction": fraction} for fraction in fractions}
+
+
+def ours_overridden(setting: Setting, variants: list[list[str]]) -> dict[str, dict[str, Any]]:
+    """Our defaults with each list of ``NAME=VALUE`` overrides (``--variant``, JSON values), by row label."""
+    rows = {}
+    for items in variants:
+        overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in items)}
+        rows[f"ours ({', '.join(items)})"] = {**ours_defaults(setting), **overrides}
+    return rows
 
 
 def ours_vectorized(setting: Setting, modes: list[str]) -> dict[str, dict[str, Any]]:
@@ -473,6 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="also time ours (defaults) in each of these modes (vector_entry_point: only where the env has one)",
     )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also time ours (defaults) with these hyperparameter overrides (JSON values); repeat for more rows",
+    )
     args = parser.parse_args(argv)
     with_sb3 = not args.no_sb3 and sb3_available()
     if not args.no_sb3 and not with_sb3:
@@ -488,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.preconditioner or args.cg_iters:
             cg_iters = args.cg_iters or [TRPOConfig.for_env(env).cg_iters]
             extra |= ours_preconditioned(setting, args.preconditioner or ["none"], cg_iters)
-        extra |= ours_fisher_subsampled(setting, args.fisher_fraction)
+        extra |= ours_fisher_subsampled(setting, args.fisher_fraction) | ours_overridden(setting, args.variant)
         results = measure(setting, iterations * batch, rounds, repeats, with_sb3, args.sb3_threads, extra)
         print_table(env, setting, results)
 

@@ -13,3 +13,14 @@ def test_products_share_is_products_per_update_times_the_median_product_over_sb3
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ours "))
     assert row.split()[-1] == f"{25 * 0.002 / 0.125:.2f}"  # 0.40: 25 products of 2 ms against 125 ms
     assert row.split()[-2] == f"{0.002 / 0.006:.2f}"
+
+
+def test_a_variant_row_is_the_defaults_with_its_overrides(monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))
+    throughput = load_script("benchmarks/throughput.py")
+    setting = throughput.SETTINGS["Hopper-v5"]
+    rows = throughput.ours_overridden(setting, [["fisher_fraction=0.25", "cg_iters=15"], ["cg_iters=10"]])
+    assert rows == {
+        "ours (fisher_fraction=0.25, cg_iters=15)": {"fisher_fraction": 0.25, "cg_iters": 15},
+        "ours (cg_iters=10)": {"cg_iters": 10},
+    }
