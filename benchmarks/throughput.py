@@ -175,12 +175,23 @@ def ours_fisher_subsampled(setting: Setting, fractions: list[float]) -> dict[str
     return {f"ours (fisher {fraction:g})": {**defaults, "fisher_fraction": fraction} for fraction in fractions}
 
 
-def ours_overridden(setting: Setting, variants: list[list[str]]) -> dict[str, dict[str, Any]]:
-    """Our defaults with each list of ``NAME=VALUE`` overrides (``--variant``, JSON values), by row label."""
+def override(item: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` (a JSON value) as ``(name, value)``; an ``argparse`` error names the item otherwise."""
+    name, equals, value = item.partition("=")
+    try:
+        if name and equals:
+            return name, json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a JSON value, e.g. cg_iters=10 (got {item!r})")
+
+
+def ours_overridden(setting: Setting, variants: list[list[tuple[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Our defaults with each list of ``(name, value)`` overrides (``--variant``), by row label."""
     rows = {}
-    for items in variants:
-        overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in items)}
-        rows[f"ours ({', '.join(items)})"] = {**ours_defaults(setting), **overrides}
+    for overrides in variants:
+        label = ", ".join(f"{name}={json.dumps(value)}" for name, value in overrides)
+        rows[f"ours ({label})"] = {**ours_defaults(setting), **dict(overrides)}
     return rows
 
 
@@ -489,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         "--variant",
         nargs="+",
         action="append",
+        type=override,
         default=[],
         metavar="NAME=VALUE",
         help="also time ours (defaults) with these hyperparameter overrides (JSON values); repeat for more rows",
