@@ -142,7 +142,7 @@ def make_solver(name: str, problem) -> trustregion.Solver:
     if name == "dense":
         return trustregion.DenseSolver()
     if name.startswith("secular-max-damping"):  # secular-max-damping[-VALUE]: SecularSolver(max_damping=VALUE)
-        value = name.removeprefix("secular-max-damping").removeprefix("-") or "1e-8"
+        value = name.removeprefix("secular-max-damping").removeprefix("-") or "1e-10"
         return trustregion.SecularSolver(max_damping=float(value))
     if name == "steihaug":
         return trustregion.SteihaugCG(max_iter=min(size, 250))
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> list[Trace]:
     parser.add_argument(
         "--solver",
         default="default",
-        help="ours: default, dense, secular-max-damping[-VALUE] (1e-8), steihaug, steihaug-jacobi, "
+        help="ours: default, dense, secular-max-damping[-VALUE] (1e-10), steihaug, steihaug-jacobi, "
         "steihaug-nystrom[-RANK[-EVERY]] (rank 100, every 5)",
     )
     parser.add_argument(

@@ -290,8 +290,9 @@ class DataParallel:
         """
         if not hasattr(os, "sched_setaffinity"):
             return None
-        block = core_block(self.all_gather_object((socket.gethostname(), usable_cores())), self.rank)
-        if block is not None and block != set(usable_cores()):
+        usable = usable_cores()
+        block = core_block(self.all_gather_object((socket.gethostname(), usable)), self.rank)
+        if block is not None and block != set(usable):
             bind_process(block)
         return block
 
